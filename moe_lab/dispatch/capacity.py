@@ -1,0 +1,54 @@
+"""Capacity-based dispatch (GShard, Switch): a fixed (E, C, D) buffer and three bmm's.
+
+Each expert accepts at most C assignments; the rest are dropped by the priority rule of
+``drop_policy`` (see ``common.priority_order``). Dropped assignments contribute zero expert
+output: the token continues only through the residual connection around the MoE block. The
+fixed buffer shape is what made this the TPU/GPU standard: static shapes, no host sync for the
+counts; the cost is padding (empty slots are computed too) and dropped tokens.
+
+Reference: Lepikhin et al. 2020 (GShard), Algorithm 1; Fedus et al. 2021 (Switch), section 2.2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.dispatch.common import DispatchOutput, capacity_queue
+from moe_lab.experts import StackedExperts
+from moe_lab.routers import RoutingResult
+
+
+def dispatch_capacity(
+    x: torch.Tensor,
+    routing: RoutingResult,
+    experts: StackedExperts,
+    capacity: int | None = None,
+    drop_policy: str = "position",
+) -> DispatchOutput:
+    """Scatter kept assignments into an (E, C, D) buffer, run every expert with bmm, gather back.
+
+    ``capacity`` None means "large enough to drop nothing" (C = the largest expert load).
+
+    Shape: x (N, D) -> y (N, D)
+    """
+    n_tokens, d_model = x.shape
+    k = routing.indices.shape[1]
+    n_experts = experts.n_experts
+    if capacity is None:
+        capacity = max(1, int(routing.tokens_per_expert().max()))
+    keep, position = capacity_queue(routing, capacity, drop_policy)  # (N, K) each
+    dropped = routing.valid_mask() & ~keep  # (N, K)
+
+    kept_flat = keep.reshape(-1).nonzero().squeeze(-1)  # (M,) flat ids n*K + k
+    token_index = kept_flat // k  # (M,)
+    slot_index = routing.indices.reshape(-1)[kept_flat] * capacity + position.reshape(-1)[kept_flat]
+    # Empty buffer slots read a zero row appended after the N real tokens.
+    source = torch.full((n_experts * capacity,), n_tokens, dtype=torch.long, device=x.device)
+    source[slot_index] = token_index  # (E*C,)
+    x_padded = torch.cat([x, x.new_zeros(1, d_model)])  # (N+1, D)
+    buffer = x_padded[source].view(n_experts, capacity, d_model)  # (E*C, D) -> (E, C, D)
+    expert_out = experts.batched_forward(buffer).reshape(n_experts * capacity, d_model)
+    weights = routing.weights.reshape(-1)[kept_flat].unsqueeze(-1)  # (M, 1)
+    contributions = expert_out[slot_index] * weights  # (M, D)
+    y = x.new_zeros(n_tokens, d_model).index_add(0, token_index, contributions)  # (N, D)
+    return DispatchOutput(y=y, dropped=dropped)

@@ -1,0 +1,130 @@
+"""What every dispatch backend shares: its output type, capacity queues and the expert sort."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moe_lab.config import DROP_POLICIES
+from moe_lab.routers import RoutingResult
+
+
+@dataclass
+class DispatchOutput:
+    """y (N, D): the weighted sum of expert outputs; dropped (N, K) bool: assignments cut by
+    capacity (a dropped assignment contributes zero; the token still rides the residual)."""
+
+    y: torch.Tensor
+    dropped: torch.Tensor
+
+
+def priority_order(routing: RoutingResult, drop_policy: str) -> torch.Tensor:
+    """(N*K,) flat assignment ids (n*K + k) in the order they claim expert capacity.
+
+    ``position``: every token's first choice, in token order, then every second choice, and so
+    on (GShard's top-2, Switch's top-1: earlier tokens win). ``probability``: by combine weight,
+    highest first, ties by position (batch prioritized routing, Riquelme et al. 2021, V-MoE).
+    """
+    n_tokens, k = routing.indices.shape
+    device = routing.indices.device
+    if drop_policy == "position":
+        ids = torch.arange(n_tokens * k, device=device).view(n_tokens, k)  # (N, K)
+        return ids.t().reshape(-1)  # (K, N) -> (N*K,): slot-major
+    if drop_policy == "probability":
+        position_order = priority_order(routing, "position")  # ties broken by position
+        weights = routing.weights.detach().reshape(-1)[position_order]  # (N*K,)
+        return position_order[torch.argsort(weights, descending=True, stable=True)]
+    raise ValueError(f"drop_policy={drop_policy!r} is unknown: choose one of {DROP_POLICIES}")
+
+
+def capacity_queue(
+    routing: RoutingResult, capacity: int, drop_policy: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place each assignment in its expert's queue; keep the first ``capacity`` of each.
+
+    Returns:
+        keep (N, K) bool: the assignment is valid and within its expert's capacity.
+        position (N, K) long: its place in the expert's queue (0-based; meaningful where valid).
+    """
+    n_tokens, k = routing.indices.shape
+    n_experts = routing.n_experts
+    order = priority_order(routing, drop_policy)  # (M,) with M = N*K
+    experts = routing.indices.reshape(-1)[order]  # (M,)
+    valid = routing.valid_mask().reshape(-1)[order]  # (M,)
+    # Invalid slots (expert choice's unchosen pairs) go to a dummy queue E and never keep.
+    queue = torch.where(valid, experts, torch.full_like(experts, n_experts))  # (M,)
+    sorted_queue, perm = torch.sort(queue, stable=True)  # stable: keeps the priority order
+    counts = torch.bincount(sorted_queue, minlength=n_experts + 1)  # (E+1,)
+    starts = torch.cumsum(counts, 0) - counts  # (E+1,)
+    rank = torch.arange(queue.numel(), device=queue.device) - starts[sorted_queue]  # (M,)
+    keep_sorted = (rank < capacity) & (sorted_queue < n_experts)  # (M,)
+    flat_ids = order[perm]  # (M,) flat assignment id of each sorted entry
+    keep = torch.zeros(n_tokens * k, dtype=torch.bool, device=queue.device)
+    position = torch.zeros(n_tokens * k, dtype=torch.long, device=queue.device)
+    keep[flat_ids] = keep_sorted
+    position[flat_ids] = rank
+    return keep.view(n_tokens, k), position.view(n_tokens, k)
+
+
+def kept_assignments(
+    routing: RoutingResult, capacity: int | None, drop_policy: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep (N, K) bool, dropped (N, K) bool) for an optional capacity."""
+    valid = routing.valid_mask()
+    if capacity is None:
+        return valid, torch.zeros_like(valid)
+    keep, _ = capacity_queue(routing, capacity, drop_policy)
+    return keep, valid & ~keep
+
+
+@dataclass
+class ExpertSort:
+    """Kept assignments sorted by expert: rows of expert e are ``[offsets[e], offsets[e+1])``.
+
+    ``inverse`` undoes the sort: assignment slot n*K + k reads sorted row ``inverse[n*K + k]``, or
+    row M (a zero row the caller appends) when the slot was dropped or is not an assignment. So
+    ``out_padded[inverse].view(N, K, D).sum(1)`` combines without a scatter (``index_add`` is
+    several times slower than a gather on the CPU).
+    """
+
+    token_index: torch.Tensor  # (M,) long: source token of each sorted assignment
+    weights: torch.Tensor  # (M,) combine weight of each sorted assignment
+    inverse: torch.Tensor  # (N*K,) long: sorted row of each slot, M where there is none
+    counts: list[int]  # (E,) assignments per expert, on the host
+    offsets: list[int]  # (E+1,) prefix sums of counts
+
+
+def sort_by_expert(routing: RoutingResult, keep: torch.Tensor | None) -> ExpertSort:
+    """Sort the kept (token, slot) assignments by expert; one host sync for the counts."""
+    n_tokens, k = routing.indices.shape
+    experts = routing.indices.reshape(-1)  # (N*K,)
+    weights = routing.weights.reshape(-1)  # (N*K,)
+    flat_ids = torch.arange(n_tokens * k, device=experts.device)  # (N*K,)
+    if keep is not None and not bool(keep.all()):
+        kept = keep.reshape(-1)
+        experts, weights, flat_ids = experts[kept], weights[kept], flat_ids[kept]  # (M,)
+    experts_sorted, perm = torch.sort(experts, stable=True)  # (M,)
+    counts = torch.bincount(experts_sorted, minlength=routing.n_experts).tolist()
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + count)
+    sorted_ids = flat_ids[perm]  # (M,) slot id n*K + k of each sorted row
+    n_rows = sorted_ids.numel()
+    inverse = torch.full((n_tokens * k,), n_rows, dtype=torch.long, device=experts.device)
+    inverse[sorted_ids] = torch.arange(n_rows, device=experts.device)  # (N*K,)
+    return ExpertSort(
+        token_index=sorted_ids // k,  # (M,)
+        weights=weights[perm],  # (M,)
+        inverse=inverse,
+        counts=counts,
+        offsets=offsets,
+    )
+
+
+def combine_sorted(rows_padded: torch.Tensor, inverse: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Sum each token's K sorted rows: rows_padded (M+1, D), last row zero -> (N, D)."""
+    gathered = rows_padded.index_select(0, inverse)  # (N*K, D)
+    if top_k == 1:
+        return gathered
+    return gathered.view(-1, top_k, rows_padded.shape[1]).sum(dim=1)  # (N, K, D) -> (N, D)

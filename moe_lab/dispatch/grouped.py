@@ -1,0 +1,80 @@
+"""Grouped-GEMM dispatch: the sorted layout fed to torch's grouped matrix multiply.
+
+``torch.nn.functional.grouped_mm(rows, w, offs=ends)`` multiplies each contiguous group of rows
+by its own matrix in one call. On Hopper GPUs it is one fused kernel (bf16); on the CPU torch
+runs it as a loop over ordinary matmuls, so there it is a convenience, not a speed-up.
+
+Reference: the ``grouped_mm`` experts backend of Hugging Face transformers; Gale et al. 2022.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moe_lab.dispatch.common import (
+    DispatchOutput,
+    combine_sorted,
+    kept_assignments,
+    sort_by_expert,
+)
+from moe_lab.experts import StackedExperts
+from moe_lab.routers import RoutingResult
+
+
+def grouped_mm_available() -> bool:
+    """Whether this torch build has ``torch.nn.functional.grouped_mm``."""
+    return hasattr(F, "grouped_mm")
+
+
+def check_alignment(x: torch.Tensor, experts: StackedExperts) -> None:
+    """grouped_mm needs every row stride to be a multiple of 16 bytes."""
+    itemsize = x.element_size()
+    for name, width in (("d_model", experts.d_model), ("expert width", experts.d_expert)):
+        if width * itemsize % 16:
+            raise ValueError(
+                f"dispatch='grouped' needs {name} to be a multiple of {16 // itemsize} for"
+                f" {x.dtype} (torch's grouped_mm wants 16-byte row strides), got {width}:"
+                " choose another width or use dispatch='sorted' (same result)"
+            )
+
+
+def _grouped(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    try:
+        return F.grouped_mm(rows, weight, offs=ends)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"torch's grouped_mm refused {rows.dtype} on {rows.device} ({error}). On CUDA it needs"
+            " a Hopper-class GPU and bfloat16 inputs: use dispatch='sorted' elsewhere."
+        ) from error
+
+
+def dispatch_grouped(
+    x: torch.Tensor,
+    routing: RoutingResult,
+    experts: StackedExperts,
+    capacity: int | None = None,
+    drop_policy: str = "position",
+) -> DispatchOutput:
+    """Sort by expert, then one grouped GEMM per projection.
+
+    Shape: x (N, D) -> y (N, D)
+    """
+    if not grouped_mm_available():
+        raise RuntimeError(
+            f"torch {torch.__version__} has no torch.nn.functional.grouped_mm:"
+            " use dispatch='sorted' (same result) or upgrade torch"
+        )
+    check_alignment(x, experts)
+    keep, dropped = kept_assignments(routing, capacity, drop_policy)  # (N, K) each
+    order = sort_by_expert(routing, keep)
+    ends = torch.tensor(order.offsets[1:], dtype=torch.int32, device=x.device)  # (E,)
+    rows = x.index_select(0, order.token_index)  # (N, D) -> (M, D)
+    up = _grouped(rows, experts.w_up, ends)  # (M, F)
+    gate = _grouped(rows, experts.w_gate, ends) if experts.w_gate is not None else None
+    hidden = experts.hidden(gate, up)  # (M, F)
+    out = _grouped(hidden, experts.w_down, ends)  # (M, D)
+    weighted = out * order.weights.to(x.dtype).unsqueeze(-1)  # (M, D)
+    weighted = torch.cat([weighted, weighted.new_zeros(1, x.shape[1])])  # (M+1, D)
+    y = combine_sorted(weighted, order.inverse, routing.indices.shape[1])  # (N, D)
+    return DispatchOutput(y=y, dropped=dropped)
