@@ -60,6 +60,9 @@ def grid(quick: bool) -> list[Shape]:
     return shapes
 
 
+NAIVE_MAX_EXPERTS = 8  # the reference loop's backward costs O(E^2) memory traffic: skip it above
+
+
 def backends_to_time(include_naive: bool) -> list[str]:
     names = ["sorted"]
     if grouped_mm_available():
@@ -97,7 +100,7 @@ def bench_shape(shape: Shape, repeats: int, include_naive: bool, device: str) ->
     )
     reference = MoELayer(cfg).to(device)
     layers = {}
-    for name in backends_to_time(include_naive):
+    for name in backends_to_time(include_naive and shape.n_experts <= NAIVE_MAX_EXPERTS):
         layer = MoELayer(MoEConfig(**{**cfg.__dict__, "dispatch": name})).to(device)
         layer.load_state_dict(reference.state_dict())
         layers[name] = layer
@@ -127,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats or (3 if args.quick else 5)
     shapes = grid(args.quick)
     rows = []
     header = f"{'shape':<36} {'mode':<17} " + " ".join(
@@ -139,7 +142,10 @@ def run(args: argparse.Namespace) -> dict:
         result = bench_shape(shape, repeats, not args.no_naive, args.device)
         rows.append(result)
         for mode, ratios in result["ratio_dense_over_backend"].items():
-            cells = " ".join(f"{ratios[name]:8.2f}" for name in ratios)
+            cells = " ".join(
+                f"{ratios[name]:8.2f}" if name in ratios else f"{'-':>8}"
+                for name in backends_to_time(not args.no_naive)
+            )
             print(f"{shape.label():<36} {mode:<17} {cells}", flush=True)
     grid_rows = [
         r
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         and r["shape"]["top_k"] in (1, 2)
     ]
     summary = {}
-    for name in rows[0]["ratio_dense_over_backend"]["forward_backward"]:
+    for name in backends_to_time(include_naive=False):
         summary[name] = {
             mode: geometric_mean([r["ratio_dense_over_backend"][mode][name] for r in grid_rows])
             for mode in ("forward", "forward_backward")
