@@ -83,6 +83,32 @@ def sequence_balance_loss(
     return (fractions * mean_probs).sum(dim=-1).mean()
 
 
+def load_cv(tokens_per_expert: torch.Tensor) -> float:
+    """Coefficient of variation of the expert loads: population std / mean (0 = balanced).
+
+    Shazeer et al. 2017 penalize the squared CV of expert importance (their eq. (6)); here it is
+    a summary of imbalance. Collapse of all load onto one of E experts gives sqrt(E - 1).
+    """
+    load = tokens_per_expert.double()
+    mean = load.mean()
+    if mean == 0:
+        return 0.0
+    return float(load.std(unbiased=False) / mean)
+
+
+def max_violation(tokens_per_expert: torch.Tensor) -> float:
+    """MaxVio = (max load - mean load) / mean load (Wang et al. 2024, eq. (5)); 0 = balanced.
+
+    Under expert parallelism a step waits for the busiest expert, so ``1 / (1 + MaxVio)`` is the
+    useful fraction of the step.
+    """
+    load = tokens_per_expert.double()
+    mean = load.mean()
+    if mean == 0:
+        return 0.0
+    return float((load.max() - mean) / mean)
+
+
 @torch.no_grad()
 def update_selection_bias(
     bias: torch.Tensor, tokens_per_expert: torch.Tensor, rate: float

@@ -63,7 +63,8 @@ class MoEConfig:
             0 disables it.
         routed_scaling_factor: multiplies the routed combine weights (2.5 in DeepSeek-V3).
         router_temperature: logits are divided by it before softmax/sigmoid.
-        noise_std_init: scale of the initial noise projection of ``noisy_topk``.
+        noise_std: ``noisy_topk`` only: a fixed noise std for every token and expert; ``None``
+            (default) learns it per token as ``softplus(x W_noise)`` (Shazeer et al. 2017).
         validate_inputs: check input dtype, width and finiteness on every forward.
     """
 
@@ -87,7 +88,7 @@ class MoEConfig:
     bias_update_rate: float = 0.0
     routed_scaling_factor: float = 1.0
     router_temperature: float = 1.0
-    noise_std_init: float = 1.0
+    noise_std: float | None = None
     validate_inputs: bool = True
 
     def __post_init__(self) -> None:
@@ -159,6 +160,11 @@ class MoEConfig:
         _check(
             self.router_temperature > 0,
             f"router_temperature={self.router_temperature} must be > 0",
+        )
+        _check(
+            self.noise_std is None or (math.isfinite(self.noise_std) and self.noise_std > 0),
+            f"noise_std={self.noise_std} must be > 0, or None to learn the noise scale;"
+            " evaluation mode turns the noise off",
         )
         _check(
             self.routed_scaling_factor > 0,

@@ -125,20 +125,29 @@ class NoisyTopKRouter(TopKSoftmaxRouter):
     """Noisy top-K gating (Shazeer et al. 2017, eq. (3)-(5)).
 
     ``H(x) = x W_g + eps * softplus(x W_noise)``, eps ~ N(0, 1), only while training; then the top
-    K of H get a softmax. In eval mode the noise is off and routing is deterministic. The noise
-    helps exploration; it is not what balances the load (notebook 03 measures that).
+    K of H get a softmax. ``W_noise`` starts at zero, so the noise std starts at softplus(0) =
+    ln 2 for every token and is then learned. With ``config.noise_std`` set, the std is that
+    constant instead (no ``W_noise``). In eval mode the noise is off and routing is
+    deterministic. The noise helps exploration; it is not what balances the load (notebooks 02
+    and 03 measure that).
     """
 
     def __init__(self, config: MoEConfig) -> None:
         super().__init__(config)
-        self.noise = nn.Linear(config.d_model, self.n_experts, bias=False)
-        nn.init.normal_(self.noise.weight, std=config.noise_std_init / config.d_model**0.5)
+        self.noise_std = config.noise_std
+        self.noise = None
+        if self.noise_std is None:
+            self.noise = nn.Linear(config.d_model, self.n_experts, bias=False)
+            nn.init.zeros_(self.noise.weight)
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> RoutingResult:
         logits = self.compute_logits(x)  # (N, E)
         noisy = logits
         if self.training:
-            noise_scale = F.softplus(self.noise(x))  # (N, E)
+            if self.noise is not None:
+                noise_scale = F.softplus(self.noise(x))  # (N, E)
+            else:
+                noise_scale = self.noise_std
             noisy = logits + torch.randn_like(logits) * noise_scale
         return self.route_logits(logits, noisy)
 

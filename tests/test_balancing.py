@@ -101,3 +101,18 @@ def test_loss_free_bias_balances_a_skewed_router_without_touching_weights():
     scores = torch.sigmoid(x @ layer.router.gate.weight.T).gather(-1, out.routing.indices)
     torch.testing.assert_close(out.routing.weights, scores / scores.sum(-1, keepdim=True))
     assert layer.router.gate.weight.grad is None  # no gradient was involved
+
+
+def test_imbalance_metrics_by_hand():
+    from moe_lab.balancing import load_cv, max_violation
+
+    assert (
+        load_cv(torch.tensor([5, 5, 5, 5])) == 0.0
+        and max_violation(torch.tensor([5, 5, 5, 5])) == 0.0
+    )
+    # loads (8, 4, 2, 2): mean 4, max 8 -> MaxVio = (8 - 4) / 4 = 1; population std = sqrt(6)
+    assert max_violation(torch.tensor([8, 4, 2, 2])) == 1.0
+    assert math.isclose(load_cv(torch.tensor([8, 4, 2, 2])), math.sqrt(6) / 4)
+    # collapse onto one of E = 8 experts: CV = sqrt(E - 1), MaxVio = E - 1
+    collapsed = torch.tensor([40, 0, 0, 0, 0, 0, 0, 0])
+    assert math.isclose(load_cv(collapsed), math.sqrt(7)) and max_violation(collapsed) == 7.0

@@ -54,6 +54,26 @@ def test_noisy_topk_is_deterministic_in_eval_and_noisy_in_training():
     assert not torch.equal(noisy.weights, first.weights)
 
 
+def test_fixed_noise_std_adds_exactly_that_noise_in_training():
+    router = make_router(router="noisy_topk", noise_std=0.7)
+    assert router.noise is None  # a fixed std needs no W_noise
+    x = torch.randn(64, 8)
+    logits = x @ router.gate.weight.T
+    torch.manual_seed(5)
+    eps = torch.randn(64, 6)  # the draws the router will make after the same seed
+    torch.manual_seed(5)
+    result = router.train()(x)
+    noisy = logits + 0.7 * eps  # H(x) of Shazeer et al. 2017, eq. (4), with a constant std
+    assert torch.equal(result.indices, noisy.topk(2, dim=-1).indices)
+    torch.testing.assert_close(result.weights, noisy.topk(2, dim=-1).values.softmax(-1))
+
+
+def test_learned_noise_starts_at_softplus_zero():
+    # W_noise starts at zero: the noise std is softplus(0) = ln 2 for every token at first.
+    router = make_router(router="noisy_topk")
+    assert torch.count_nonzero(router.noise.weight) == 0
+
+
 def test_switch_weight_is_the_router_probability():
     router = make_router(router="switch", top_k=1)
     x = torch.randn(20, 8)

@@ -30,7 +30,7 @@ from moe_lab.viz import (
     update_in_place,
 )
 from moe_lab.viz.state import D_MODEL
-from moe_lab.viz.views import FixedNoiseScale, capacity_view, routing_view
+from moe_lab.viz.views import capacity_view, routing_view
 
 KNUTH = 2654435761  # Knuth's multiplicative hash constant, as in Roller et al. 2021's hash layers
 
@@ -381,10 +381,3 @@ def test_views_leave_the_global_rng_alone() -> None:
     capacity_view(CapacityState())
     assert torch.equal(torch.rand(3), expected)
 
-
-def test_fixed_noise_scale_gives_the_exact_std() -> None:
-    module = FixedNoiseScale(n_experts=4, std=0.7)
-    scale = torch.nn.functional.softplus(module(torch.randn(5, D_MODEL)))
-    assert scale.shape == (5, 4) and torch.allclose(scale, torch.full((5, 4), 0.7))
-    with pytest.raises(ValueError, match="eval mode"):
-        FixedNoiseScale(4, 0.0)

@@ -12,6 +12,7 @@ Three layers, one job each:
 Taught in: notebooks/02_routing.ipynb, notebooks/03_load_balancing.ipynb.
 """
 
+from moe_lab.balancing import load_cv
 from moe_lab.viz.capacity_explorer import CapacityExplorer
 from moe_lab.viz.figures import (
     bar_figure,
@@ -23,7 +24,7 @@ from moe_lab.viz.figures import (
 )
 from moe_lab.viz.routing_explorer import RoutingExplorer
 from moe_lab.viz.state import CapacityState, RoutingState
-from moe_lab.viz.toy import TokenBatch, gate_weight, load_cv, skew_offsets, token_batch
+from moe_lab.viz.toy import TokenBatch, gate_weight, skew_offsets, token_batch
 from moe_lab.viz.views import (
     CapacityView,
     RoutingView,

@@ -92,6 +92,7 @@ class RoutingState:
             top_k=self.effective_top_k,
             router=self.router,
             router_temperature=self.temperature,
+            noise_std=self.noise if self.noise > 0 else None,
             capacity_factor=self.capacity_factor if self.router == "expert_choice" else None,
         )
 

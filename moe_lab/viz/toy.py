@@ -138,16 +138,3 @@ def gate_weight(
     rows = torch.randn(max(n_experts, 64), d_model - 1, generator=generator)[:n_experts]  # (E, D-1)
     weight = rows * scale / (d_model - 1) ** 0.5
     return torch.cat([weight, skew_offsets(n_experts, skew)[:, None]], dim=-1)  # (E, D)
-
-
-def load_cv(tokens_per_expert: torch.Tensor) -> float:
-    """Coefficient of variation of the expert loads: population std / mean (0 = balanced).
-
-    Shazeer et al. 2017 penalize the squared CV of expert importance; here it is the summary of
-    imbalance that the explorers print. Collapse onto one of E experts gives sqrt(E - 1).
-    """
-    load = tokens_per_expert.double()
-    mean = load.mean()
-    if mean == 0:
-        return 0.0
-    return float(load.std(unbiased=False) / mean)

@@ -10,44 +10,24 @@ Taught in: notebooks/02_routing.ipynb, notebooks/03_load_balancing.ipynb.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
+from moe_lab.balancing import load_cv
 from moe_lab.moe_layer import MoELayer, MoEOutput
 from moe_lab.routers import NoisyTopKRouter, Router, RoutingResult, build_router
 from moe_lab.viz.state import D_MODEL, CapacityState, RoutingState
-from moe_lab.viz.toy import TokenBatch, gate_weight, load_cv, token_batch
-
-
-class FixedNoiseScale(nn.Module):
-    """Stands in for ``NoisyTopKRouter.noise`` so that ``softplus(noise(x)) == std`` exactly.
-
-    The library's noisy router learns its noise scale ``softplus(x W_noise)``, which can never
-    be zero and depends on the token; an explorer wants one knob, the noise std. This module
-    returns the constant ``softplus^{-1}(std) = log(expm1(std))``, so the router's own forward
-    (``logits + randn * softplus(...)``, Shazeer et al. 2017, eq. (4)) adds noise of exactly that std.
-    """
-
-    def __init__(self, n_experts: int, std: float) -> None:
-        super().__init__()
-        if std <= 0:
-            raise ValueError(f"std={std} must be > 0; put the router in eval mode for no noise")
-        self.n_experts = n_experts
-        self.pre_softplus = math.log(math.expm1(std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_full((x.shape[0], self.n_experts), self.pre_softplus)  # (N, E)
+from moe_lab.viz.toy import TokenBatch, gate_weight, token_batch
 
 
 def explorer_router(state: RoutingState) -> Router:
     """The library router a routing state describes, with the seeded toy gate and the bias set.
 
-    Noise: ``noisy_topk`` is put in training mode with ``FixedNoiseScale(state.noise)`` when
-    ``state.noise > 0``, in eval mode (no noise, as at inference) otherwise.
+    Noise: ``noisy_topk`` is put in training mode with the fixed noise std ``state.noise``
+    (``MoEConfig.noise_std``) when ``state.noise > 0``, in eval mode (no noise, as at inference)
+    otherwise.
     """
     config = state.config()
     with torch.random.fork_rng():  # nn.Linear's initialization draws from the global RNG
@@ -58,7 +38,6 @@ def explorer_router(state: RoutingState) -> Router:
         router.selection_bias[state.bias_expert] = state.bias
     router.eval()
     if isinstance(router, NoisyTopKRouter) and state.noise > 0:
-        router.noise = FixedNoiseScale(config.routed_experts, state.noise)
         router.train()
     return router
 
