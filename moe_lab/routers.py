@@ -6,7 +6,8 @@ the visualizer never need to know which router ran:
     indices (N, K) long    which experts each token's K slots go to
     weights (N, K) float   combine weights (what multiplies each expert's output)
     probs   (N, E) float   the router's full distribution over experts (for balancing losses)
-    logits  (N, E) float   raw router scores before softmax/sigmoid (for the z-loss)
+    logits  (N, E) float   router scores before softmax/sigmoid, after dividing by the
+                           temperature (the z-loss sees what the softmax sees)
     mask    (N, K) bool    which slots are real assignments (None: all are); expert choice
                            uses it, since a token may be chosen by 0..E experts
 
@@ -162,6 +163,8 @@ class ExpertChoiceRouter(Router):
     demonstrates it). The model config refuses it for the language model.
 
     Slots: K = E, slot e holds expert e; ``mask[n, e]`` says whether expert e took token n.
+    The selection bias is not used: every expert takes exactly C tokens, so there is no load
+    imbalance for a bias to correct.
     """
 
     def __init__(self, config: MoEConfig) -> None:
