@@ -144,11 +144,9 @@ class MoELayer(nn.Module):
                 shared = shared * torch.sigmoid(self.shared_gate(flat))  # (N, D) * (N, 1)
             y = y + shared
         losses = self.balancing_losses(routing, batch_size)
-        cfg = self.config
-        aux_loss = (
-            cfg.aux_loss_weight * losses["load_balance"]
-            + cfg.z_loss_weight * losses["z"]
-            + cfg.seq_aux_loss_weight * losses["seq_balance"]
+        aux_loss = sum(
+            (weight * losses[name] for name, weight in self.loss_weights().items() if weight > 0),
+            start=torch.zeros((), device=y.device),
         )
         return MoEOutput(
             y=y.view(x.shape),  # (N, D) -> x's shape
@@ -159,20 +157,38 @@ class MoELayer(nn.Module):
             routing=routing,
         )
 
-    def balancing_losses(self, routing: RoutingResult, batch_size: int) -> dict[str, torch.Tensor]:
-        """The unweighted balancing losses of one routing (see ``moe_lab.balancing``)."""
-        load_balance = load_balancing_loss(routing.probs, routing.indices, routing.mask)
-        if routing.mask is None:
-            seq_balance = sequence_balance_loss(
-                routing.probs, routing.indices, batch_size, self.config.routed_top_k
-            )
-        else:  # expert choice: balanced by construction; there is no per-token top-K to count
-            seq_balance = torch.zeros((), device=routing.probs.device)
+    def loss_weights(self) -> dict[str, float]:
+        """The weight of each balancing loss in ``aux_loss``."""
+        cfg = self.config
         return {
-            "load_balance": load_balance,
-            "z": router_z_loss(routing.logits),
-            "seq_balance": seq_balance,
+            "load_balance": cfg.aux_loss_weight,
+            "z": cfg.z_loss_weight,
+            "seq_balance": cfg.seq_aux_loss_weight,
         }
+
+    def balancing_losses(self, routing: RoutingResult, batch_size: int) -> dict[str, torch.Tensor]:
+        """The unweighted balancing losses of one routing (see ``moe_lab.balancing``).
+
+        Every part is computed so that it can be reported; a part whose weight is 0 is computed
+        without an autograd graph, since nothing will differentiate it.
+        """
+        weights = self.loss_weights()
+        grad_enabled = torch.is_grad_enabled()
+        losses = {}
+        with torch.set_grad_enabled(grad_enabled and weights["load_balance"] > 0):
+            losses["load_balance"] = load_balancing_loss(
+                routing.probs, routing.indices, routing.mask
+            )
+        with torch.set_grad_enabled(grad_enabled and weights["z"] > 0):
+            losses["z"] = router_z_loss(routing.logits)
+        with torch.set_grad_enabled(grad_enabled and weights["seq_balance"] > 0):
+            if routing.mask is None:
+                losses["seq_balance"] = sequence_balance_loss(
+                    routing.probs, routing.indices, batch_size, self.config.routed_top_k
+                )
+            else:  # expert choice: balanced by construction; no per-token top-K to count
+                losses["seq_balance"] = torch.zeros((), device=routing.probs.device)
+        return losses
 
     @torch.no_grad()
     def update_bias(self, tokens_per_expert: torch.Tensor) -> None:

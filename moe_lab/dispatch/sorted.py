@@ -159,7 +159,8 @@ def dispatch_sorted(
     Shape: x (N, D) -> y (N, D)
     """
     keep, dropped = kept_assignments(routing, capacity, drop_policy)  # (N, K) each
-    order = sort_by_expert(routing, keep)
+    # dropless token choice keeps every slot: skip the filter (and its host sync)
+    order = sort_by_expert(routing, None if capacity is None and routing.mask is None else keep)
     y = SortedExpertsFunction.apply(
         x,
         order.token_index,
