@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe_lab import budget
 from moe_lab.config import ModelConfig, MoEConfig
 from moe_lab.experts import StackedExperts
 from moe_lab.ffn import DenseFFN
@@ -297,30 +298,16 @@ class TinyLM(nn.Module):
                     inactive += n * (cfg.routed_experts - cfg.routed_top_k) // cfg.routed_experts
         return ParameterCounts(total, total - inactive, embedding, routed)
 
-    def training_flops_per_token(self, seq_len: int | None = None) -> int:
-        """FLOPs to train on one token (forward + backward), counted from the model.
+    def training_flops_per_token(self, seq_len: int | None = None) -> float:
+        """FLOPs to train on one token (forward + backward) at context ``seq_len``.
 
-        ``6 * (N_matmul + V * D) + 12 * n_layers * T * D``:
-
-        - every active weight matrix entry (``N_matmul``: the active non-embedding parameters
-          less the norm weights, which multiply nothing) does one multiply-add (2 FLOPs) per
-          token forward and twice that backward (gradients for activations and for weights):
-          6 per weight (Kaplan et al. 2020, section 2.1);
-        - the tied LM head is a (D, V) matrix multiply on every token: 6 * V * D as well
-          (Kaplan leaves it out; for a byte-level tiny model it is far from negligible);
-        - attention scores and the weighted sum of values are 2 * T * D multiply-adds per token
-          and layer forward, times 3 for training; T counted in full, as Chinchilla (Hoffmann
-          et al. 2022, appendix F) does, although the causal mask makes half of it zeros.
-
-        The router's D x E weights are active matrices, so routing is counted too; the sort and
-        scatter of dispatch move memory and cost no FLOPs in this convention. Elementwise work
-        (activations, norms, softmax) is left out, as in both references.
+        Computed by ``moe_lab.budget`` (the course's one FLOP formula, taught in notebook 06):
+        3 x forward, where the forward is 2 FLOPs per active matrix weight (the router's and the
+        tied head's included) plus the attention-score term, which grows with the number of keys
+        a causal token attends ((T + 1) / 2 on average). Elementwise work is left out.
         """
         T = self.config.max_seq_len if seq_len is None else seq_len
-        c = self.config
-        norm_params = sum(p.numel() for p in self.parameters() if p.ndim < 2)
-        n_matmul = self.parameter_counts().active_non_embedding - norm_params
-        return 6 * (n_matmul + c.vocab_size * c.d_model) + 12 * c.n_layers * T * c.d_model
+        return budget.training_flops_per_token(budget.from_model_config(self.config), T)
 
     def summary(self, file: TextIO | None = None) -> None:
         """Print the configuration and the total and active parameter counts."""
@@ -338,7 +325,7 @@ class TinyLM(nn.Module):
             f"  FFN: {kind}" + ("" if c.moe is not None else f", d_ff={c.d_ff}"),
             f"  total parameters:  {counts.total:>10,}  (non-embedding {counts.total_non_embedding:,})",
             f"  active parameters: {counts.active:>10,}  (non-embedding {counts.active_non_embedding:,})",
-            f"  training FLOPs per token: {self.training_flops_per_token():,}",
+            f"  training FLOPs per token: {self.training_flops_per_token():,.0f}",
         ]
         print("\n".join(lines), file=file or sys.stdout)
 

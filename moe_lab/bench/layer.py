@@ -17,6 +17,7 @@ from moe_lab.bench.common import (
     geometric_mean,
     machine_info,
     median,
+    retain_freed_memory,
     time_interleaved,
     write_result,
 )
@@ -127,10 +128,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the slow reference loop")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON result")
+    parser.add_argument(
+        "--retain-freed-memory",
+        action="store_true",
+        help="keep freed memory in the process (glibc mallopt), for dense and MoE alike",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
     repeats = args.repeats or (3 if args.quick else 5)
+    retained = retain_freed_memory() if args.retain_freed_memory else False
     shapes = grid(args.quick)
     rows = []
     header = f"{'shape':<36} {'mode':<17} " + " ".join(
@@ -166,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "layer",
         "machine": machine_info(args.device),
         "quick": bool(args.quick),
+        "retain_freed_memory": retained,
         "repeats": repeats,
         "rows": rows,
         "geomean_ratio": summary,
@@ -178,6 +186,8 @@ def run(args: argparse.Namespace) -> dict:
         f"summary: sorted fwd+bwd {head_ratio:.2f}x dense at {Shape(*HEADLINE).label()};"
         f" geomean over {len(grid_rows)} shapes: sorted fwd+bwd"
         f" {summary['sorted']['forward_backward']:.2f}, fwd {summary['sorted']['forward']:.2f}"
-        f" ({payload['machine']['device_name']}, {payload['machine']['torch_threads']} threads)"
+        f" ({payload['machine']['device_name']}, {payload['machine']['torch_threads']} threads"
+        + (", freed memory retained" if retained else "")
+        + ")"
     )
     return payload
