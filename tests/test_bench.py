@@ -18,8 +18,9 @@ def test_grid_covers_the_summary_shapes():
 
 def test_time_interleaved_alternates_candidates():
     calls = []
-    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                             repeats=3, warmup=1)
+    times = time_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
     assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved rounds
     assert [len(t) for t in times.values()] == [3, 3]
 

@@ -12,8 +12,9 @@ GENERATORS = sorted(TOOLS.glob("make_*.py"))
 
 @pytest.mark.parametrize("generator", GENERATORS, ids=lambda p: p.name)
 def test_generated_file_is_up_to_date(generator):
-    result = subprocess.run([sys.executable, str(generator), "--check"], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, str(generator), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, (
         f"{generator.name} --check failed: re-run `python tools/{generator.name}` and commit.\n"
         f"{result.stdout}{result.stderr}"

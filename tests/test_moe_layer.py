@@ -87,7 +87,9 @@ class TestBadInput:
             self.layer(torch.randn(8))
 
     def test_integer_input(self):
-        with pytest.raises(TypeError, match=r"floating-point token vectors, got dtype torch\.int64"):
+        with pytest.raises(
+            TypeError, match=r"floating-point token vectors, got dtype torch\.int64"
+        ):
             self.layer(torch.ones(2, 3, 8, dtype=torch.long))
 
     def test_non_finite_input(self):

@@ -380,4 +380,3 @@ def test_views_leave_the_global_rng_alone() -> None:
     routing_view(RoutingState(router="noisy_topk", noise=1.0))
     capacity_view(CapacityState())
     assert torch.equal(torch.rand(3), expected)
-
