@@ -7,24 +7,14 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from notebook_builder import NotebookBuilder
 
 PATH = Path(__file__).resolve().parents[1] / "notebooks" / "04_train_tiny_moe.ipynb"
-
-CELLS: list[tuple[str, str]] = []
-
-
-def md(text: str) -> None:
-    CELLS.append(("markdown", text.strip("\n")))
-
-
-def code(text: str) -> None:
-    CELLS.append(("code", text.strip("\n")))
+builder = NotebookBuilder(PATH)
+md, code = builder.md, builder.code
 
 
 md(r"""
@@ -449,34 +439,5 @@ advantage; measuring it keeps the claim honest.</details>
 """)
 
 
-def build() -> nbformat.NotebookNode:
-    cells = [
-        new_markdown_cell(src) if kind == "markdown" else new_code_cell(src) for kind, src in CELLS
-    ]
-    nb = new_notebook(cells=cells)
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"cell-{i:02d}"
-    return nb
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the notebook is stale")
-    args = parser.parse_args()
-    text = nbformat.writes(build()) + "\n"
-    if args.check:
-        if not PATH.exists() or PATH.read_text() != text:
-            print(f"{PATH} is stale: run python tools/make_notebook_04.py", file=sys.stderr)
-            return 1
-        return 0
-    PATH.write_text(text)
-    print(f"wrote {PATH}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(builder.main())
