@@ -13,14 +13,16 @@ does; nothing prints a stack trace.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from moe_lab.data import ByteTokenizer
+from moe_lab.history import History
 from moe_lab.model import PRESETS, TinyLM, get_preset
-from moe_lab.train import DEVICES, History, TrainConfig, Trainer, load_model
+from moe_lab.train import DEVICES, TrainConfig, Trainer, load_model
 
 
 class UsageError(Exception):
@@ -181,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             _sample(args)
         else:
             _presets()
+    except BrokenPipeError:
+        # `moe-lab presets | head`: the reader closed the pipe; that is not an error. Point
+        # stdout at devnull so that Python's exit-time flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, ValueError, OSError) as error:
         # ValueError: invalid settings (configs validate themselves) or unreadable data;
         # OSError: missing files and folders. Both name the problem in their message.

@@ -11,7 +11,8 @@ import torch
 
 from moe_lab.config import ModelConfig, MoEConfig
 from moe_lab.data import make_corpus
-from moe_lab.train import History, TrainConfig, Trainer, load_model, lr_at, resolve_device
+from moe_lab.history import History
+from moe_lab.train import TrainConfig, Trainer, load_model, lr_at, resolve_device
 
 D = 32
 MODEL = ModelConfig(

@@ -25,6 +25,11 @@ def priority_order(routing: RoutingResult, drop_policy: str) -> torch.Tensor:
     ``position``: every token's first choice, in token order, then every second choice, and so
     on (GShard's top-2, Switch's top-1: earlier tokens win). ``probability``: by combine weight,
     highest first, ties by position (batch prioritized routing, Riquelme et al. 2021, V-MoE).
+
+    Either way, capacity makes a token's output depend on the other tokens of the batch, later
+    positions of its own sequence included: with top-2 a later token's first choice claims a
+    slot before an earlier token's second choice. In a decoder this leaks the future during
+    training, as expert choice does; the course's language models use dropless dispatch.
     """
     n_tokens, k = routing.indices.shape
     device = routing.indices.device
