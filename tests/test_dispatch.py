@@ -224,3 +224,19 @@ def test_grouped_on_cuda_bf16_matches_naive():
     ref = layer(x).y.float()
     layer.dispatch = get_backend("grouped")
     torch.testing.assert_close(layer(x).y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_capacity_lets_a_later_token_change_an_earlier_one():
+    # E=2, K=2, C=1, position priority: first choices claim slots before second choices.
+    # t1 picking expert 1 first takes expert 1's only slot, so t0's second choice (expert 1) is
+    # dropped; when t1 picks expert 0 first instead, t0 keeps its second choice. t0 is earlier
+    # in the sequence, so in a decoder this is a leak from the future.
+    experts = StackedExperts(2, 8, 16)
+    x = torch.randn(2, 8)
+    weights = [[0.6, 0.4], [0.7, 0.3]]
+    t1_prefers_1 = routing_of([[0, 1], [1, 0]], weights, 2)
+    t1_prefers_0 = routing_of([[0, 1], [0, 1]], weights, 2)
+    a = get_backend("sorted")(x, t1_prefers_1, experts, capacity=1)
+    b = get_backend("sorted")(x, t1_prefers_0, experts, capacity=1)
+    assert a.dropped[0].tolist() == [False, True] and b.dropped[0].tolist() == [False, False]
+    assert not torch.allclose(a.y[0], b.y[0])
