@@ -26,9 +26,20 @@ ACTIVATIONS = ("swiglu", "gelu")
 DROP_POLICIES = ("position", "probability")
 
 
-def _check(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition``: every config's validation step."""
     if not condition:
         raise ValueError(message)
+
+
+def require_positive_ints(obj: object, *names: str) -> None:
+    """Each named field of ``obj`` is an int >= 1 (a bool is not accepted as an int)."""
+    for name in names:
+        value = getattr(obj, name)
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{name}={value!r} must be a positive integer",
+        )
 
 
 @dataclass(frozen=True)
@@ -92,81 +103,76 @@ class MoEConfig:
     validate_inputs: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "d_expert", "n_experts", "top_k", "expert_segments"):
-            value = getattr(self, name)
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"{name}={value!r} must be a positive integer",
-            )
-        _check(
+        require_positive_ints(self, "d_model", "d_expert", "n_experts", "top_k", "expert_segments")
+        require(
             self.top_k <= self.n_experts,
             f"top_k={self.top_k} > n_experts={self.n_experts}: lower top_k or add experts",
         )
-        _check(
+        require(
             self.router in ROUTER_TYPES,
             f"router={self.router!r} is unknown: choose one of {', '.join(ROUTER_TYPES)}",
         )
-        _check(
+        require(
             self.activation in ACTIVATIONS,
             f"activation={self.activation!r} is unknown: choose one of {', '.join(ACTIVATIONS)}",
         )
-        _check(
+        require(
             self.drop_policy in DROP_POLICIES,
             f"drop_policy={self.drop_policy!r} is unknown: choose one of {', '.join(DROP_POLICIES)}",
         )
-        _check(
+        require(
             self.d_expert % self.expert_segments == 0,
             f"d_expert={self.d_expert} is not divisible by expert_segments={self.expert_segments}:"
             " choose a d_expert that is a multiple of expert_segments",
         )
-        _check(
+        require(
             self.router != "switch" or self.top_k == 1,
             f"router='switch' routes each token to one expert but top_k={self.top_k}: set top_k=1",
         )
-        _check(
+        require(
             self.router != "hash" or self.top_k == 1,
             f"router='hash' sends each token to one expert but top_k={self.top_k}: set top_k=1",
         )
-        _check(
+        require(
             self.n_shared_experts >= 0,
             f"n_shared_experts={self.n_shared_experts} must be >= 0",
         )
-        _check(
+        require(
             self.d_shared is None or self.d_shared >= 1,
             f"d_shared={self.d_shared} must be a positive integer or None",
         )
-        _check(
+        require(
             not self.shared_expert_gate or self.n_shared_experts > 0,
             "shared_expert_gate=True needs n_shared_experts >= 1",
         )
         if self.capacity_factor is not None:
-            _check(
+            require(
                 math.isfinite(self.capacity_factor) and self.capacity_factor > 0,
                 f"capacity_factor={self.capacity_factor} must be > 0 (1.0 = exactly the average"
                 " load; 1.25 is Switch's default); use None for dropless routing",
             )
-        _check(
+        require(
             self.dispatch != "capacity" or self.capacity_factor is not None,
             "dispatch='capacity' needs a capacity_factor (for example 1.25)",
         )
-        _check(
+        require(
             self.router != "expert_choice" or self.capacity_factor is not None,
             "router='expert_choice' needs a capacity_factor: each expert takes"
             " C = ceil(capacity_factor * N * top_k / n_experts) tokens",
         )
         for name in ("aux_loss_weight", "z_loss_weight", "seq_aux_loss_weight", "bias_update_rate"):
             value = getattr(self, name)
-            _check(math.isfinite(value) and value >= 0, f"{name}={value} must be >= 0")
-        _check(
+            require(math.isfinite(value) and value >= 0, f"{name}={value} must be >= 0")
+        require(
             self.router_temperature > 0,
             f"router_temperature={self.router_temperature} must be > 0",
         )
-        _check(
+        require(
             self.noise_std is None or (math.isfinite(self.noise_std) and self.noise_std > 0),
             f"noise_std={self.noise_std} must be > 0, or None to learn the noise scale;"
             " evaluation mode turns the noise off",
         )
-        _check(
+        require(
             self.routed_scaling_factor > 0,
             f"routed_scaling_factor={self.routed_scaling_factor} must be > 0",
         )
@@ -209,7 +215,7 @@ def expert_capacity(n_tokens: int, n_experts: int, top_k: int, capacity_factor: 
     Reference: Fedus et al. 2021 (Switch Transformer), eq. (3), generalized to K choices as in
     GShard (Lepikhin et al. 2020): the average load per expert is N*K/E assignments.
     """
-    _check(capacity_factor > 0, f"capacity_factor={capacity_factor} must be > 0")
+    require(capacity_factor > 0, f"capacity_factor={capacity_factor} must be > 0")
     # The small epsilon keeps 1.25 * 8 * 2 / 4 = 5.0 from rounding up to 6 through float error.
     return max(1, math.ceil(capacity_factor * n_tokens * top_k / n_experts - 1e-9))
 
@@ -256,40 +262,29 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "max_seq_len",
-            "d_ff",
-            "moe_every",
-        ):
-            value = getattr(self, name)
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"{name}={value!r} must be a positive integer",
-            )
-        _check(
+        require_positive_ints(
+            self, "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "d_ff", "moe_every"
+        )
+        require(
             self.d_model % self.n_heads == 0,
             f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}:"
             " choose n_heads that divides d_model",
         )
-        _check(
+        require(
             self.activation in ACTIVATIONS,
             f"activation={self.activation!r} is unknown: choose one of {', '.join(ACTIVATIONS)}",
         )
-        _check(
+        require(
             self.norm in NORMS, f"norm={self.norm!r} is unknown: choose one of {', '.join(NORMS)}"
         )
-        _check(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
+        require(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)")
         if self.moe is not None:
-            _check(
+            require(
                 self.moe.d_model == self.d_model,
                 f"moe.d_model={self.moe.d_model} differs from d_model={self.d_model}:"
                 " build the MoEConfig with d_model equal to the model's",
             )
-            _check(
+            require(
                 self.moe.router != "expert_choice",
                 "router='expert_choice' lets a token's routing depend on later tokens, which"
                 " leaks the future in a decoder: use a token-choice router in the language model",

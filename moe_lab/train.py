@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from moe_lab.config import ModelConfig, MoEConfig
+from moe_lab.config import ModelConfig, MoEConfig, require_positive_ints
 from moe_lab.data import Corpus, Split, eval_batches, load_text_file, make_corpus, sample_batch
 from moe_lab.history import History
 from moe_lab.model import TinyLM
@@ -82,17 +82,9 @@ class TrainConfig:
     text_file: str | None = None
 
     def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "batch_size",
-            "seq_len",
-            "eval_every",
-            "eval_batches",
-            "corpus_chars",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+        require_positive_ints(
+            self, "steps", "batch_size", "seq_len", "eval_every", "eval_batches", "corpus_chars"
+        )
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps!r} must be an integer >= 0")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -49,36 +49,12 @@ def test_train_prints_a_final_summary(tmp_path, capsys):
 
 
 def test_sample_continues_the_prompt(trained_run, capsys):
-    code = main(
-        [
-            "sample",
-            "--checkpoint",
-            str(trained_run),
-            "--prompt",
-            "12+7=",
-            "--max-new-tokens",
-            "10",
-            "--seed",
-            "1",
-        ]
-    )
-    assert code == 0
+    argv = ["sample", "--checkpoint", str(trained_run), "--prompt", "12+7="]
+    argv += ["--max-new-tokens", "10", "--seed", "1"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert text.startswith("12+7=")
-    # Same seed, same text.
-    main(
-        [
-            "sample",
-            "--checkpoint",
-            str(trained_run),
-            "--prompt",
-            "12+7=",
-            "--max-new-tokens",
-            "10",
-            "--seed",
-            "1",
-        ]
-    )
+    main(argv)  # same seed, same text
     assert capsys.readouterr().out == text
 
 

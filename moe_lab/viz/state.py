@@ -16,16 +16,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from moe_lab.config import DROP_POLICIES, ROUTER_TYPES, MoEConfig
+from moe_lab.config import DROP_POLICIES, ROUTER_TYPES, MoEConfig, require
 
 D_MODEL = 16  # D of the explorers' token vectors: small enough to recompute on every slider move
 D_EXPERT = 32  # F of the capacity explorer's experts (only their zero/non-zero output matters)
 TOP1_ROUTERS = ("switch", "hash")  # routers that send each token to exactly one expert
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -59,24 +54,24 @@ class RoutingState:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.n_experts >= 1, f"n_experts={self.n_experts} must be >= 1")
-        _check(
+        require(self.n_experts >= 1, f"n_experts={self.n_experts} must be >= 1")
+        require(
             1 <= self.top_k <= self.n_experts,
             f"top_k={self.top_k} must be in [1, n_experts={self.n_experts}]: lower top_k or"
             " add experts",
         )
-        _check(
+        require(
             self.router in ROUTER_TYPES,
             f"router={self.router!r} is unknown: choose one of {', '.join(ROUTER_TYPES)}",
         )
-        _check(self.temperature > 0, f"temperature={self.temperature} must be > 0")
-        _check(self.noise >= 0, f"noise={self.noise} must be >= 0 (0 turns the noise off)")
-        _check(
+        require(self.temperature > 0, f"temperature={self.temperature} must be > 0")
+        require(self.noise >= 0, f"noise={self.noise} must be >= 0 (0 turns the noise off)")
+        require(
             0 <= self.bias_expert < self.n_experts,
             f"bias_expert={self.bias_expert} must be in [0, n_experts={self.n_experts})",
         )
-        _check(self.capacity_factor > 0, f"capacity_factor={self.capacity_factor} must be > 0")
-        _check(self.n_tokens >= 1, f"n_tokens={self.n_tokens} must be >= 1")
+        require(self.capacity_factor > 0, f"capacity_factor={self.capacity_factor} must be > 0")
+        require(self.n_tokens >= 1, f"n_tokens={self.n_tokens} must be >= 1")
 
     @property
     def effective_top_k(self) -> int:
@@ -132,22 +127,22 @@ class CapacityState:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(
+        require(
             math.isfinite(self.capacity_factor) and self.capacity_factor > 0,
             f"capacity_factor={self.capacity_factor} must be > 0",
         )
-        _check(self.n_experts >= 1, f"n_experts={self.n_experts} must be >= 1")
-        _check(
+        require(self.n_experts >= 1, f"n_experts={self.n_experts} must be >= 1")
+        require(
             1 <= self.top_k <= self.n_experts,
             f"top_k={self.top_k} must be in [1, n_experts={self.n_experts}]: lower top_k or"
             " add experts",
         )
-        _check(self.skew >= 0, f"skew={self.skew} must be >= 0")
-        _check(
+        require(self.skew >= 0, f"skew={self.skew} must be >= 0")
+        require(
             self.drop_policy in DROP_POLICIES,
             f"drop_policy={self.drop_policy!r} is unknown: choose one of {', '.join(DROP_POLICIES)}",
         )
-        _check(self.n_tokens >= 1, f"n_tokens={self.n_tokens} must be >= 1")
+        require(self.n_tokens >= 1, f"n_tokens={self.n_tokens} must be >= 1")
 
     @property
     def capacity(self) -> int:
