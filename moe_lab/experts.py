@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe_lab.buffers import BufferPool
 from moe_lab.config import ACTIVATIONS
 from moe_lab.ffn import swiglu_hidden
 
@@ -38,6 +39,11 @@ class StackedExperts(nn.Module):
         ``expert_forward(x, e)``: x (M, D) -> (M, D), expert e alone (the readable reference).
         ``batched_forward(x)``: x (E, C, D) -> (E, C, D), every expert on its own rows (bmm).
 
+    Attributes:
+        scratch: a ``BufferPool`` of large scratch tensors (weight gradients, saved hidden
+            activations) that the ``sorted`` backend reuses between calls on the CPU once
+            nothing else holds them; ``scratch.clear()`` frees them.
+
     Initialization matches ``nn.Linear``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) per matrix, so an
     expert is initialized like a dense FFN of the same width.
     """
@@ -54,6 +60,7 @@ class StackedExperts(nn.Module):
         self.w_gate = nn.Parameter(torch.empty(E, D, F_)) if activation == "swiglu" else None
         self.w_up = nn.Parameter(torch.empty(E, D, F_))
         self.w_down = nn.Parameter(torch.empty(E, F_, D))
+        self.scratch = BufferPool()
         self.reset_parameters()
 
     @torch.no_grad()

@@ -13,6 +13,9 @@ obvious autograd version loses most of its time outside the matrix products:
   * The (rows, F) temporaries of the activation and of the backward are computed in chunks of
     ``CHUNK_ROWS`` rows into buffers allocated once per call, so they stay in cache and the
     allocator does not hand large blocks back and forth with the operating system.
+  * The weight gradients and the saved (rows, F) activations come from the experts'
+    ``BufferPool``: reused between steps once nothing holds them, instead of page-faulting
+    E times a dense layer's gradient memory in afresh every backward (see ``moe_lab.buffers``).
 
 Reference: Gale et al. 2022, "MegaBlocks: Efficient Sparse Training with Mixture-of-Experts".
 """
@@ -58,15 +61,20 @@ class SortedExpertsFunction(torch.autograd.Function):
     """y[n] = sum_k w[n,k] expert_{i[n,k]}(x[n]) over rows sorted by expert, with a hand backward.
 
     Shape: x (N, D), token_index (M,), weights (M,), inverse (N*K,), w_gate/w_up (E, D, F),
-    w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts.
+    w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts. ``pool`` supplies the
+    large buffers (a ``BufferPool``).
     """
 
     @staticmethod
-    def forward(ctx, x, token_index, weights, inverse, top_k, w_gate, w_up, w_down, offsets):
+    def forward(ctx, x, token_index, weights, inverse, top_k, w_gate, w_up, w_down, offsets, pool):
         rows = x.index_select(0, token_index)  # (N, D) -> (M, D)
         n_rows, d_model, d_expert = rows.shape[0], rows.shape[1], w_up.shape[-1]
-        up = rows.new_empty(n_rows, d_expert)  # (M, F), saved for backward
-        gate = rows.new_empty(n_rows, d_expert) if w_gate is not None else None  # (M, F)
+        up = pool.empty("up", (n_rows, d_expert), x.dtype, x.device)  # (M, F), saved
+        gate = (
+            pool.empty("gate", (n_rows, d_expert), x.dtype, x.device)
+            if w_gate is not None
+            else None
+        )  # (M, F), saved
         hidden = rows.new_empty(min(n_rows, CHUNK_ROWS), d_expert)  # (chunk, F), reused
         out = rows.new_empty(n_rows, d_model)  # (M, D): unweighted expert outputs
         for expert, start, end, _ in expert_chunks(offsets):
@@ -85,22 +93,27 @@ class SortedExpertsFunction(torch.autograd.Function):
         ctx.save_for_backward(
             rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, up, out
         )
-        ctx.offsets, ctx.top_k = offsets, top_k
+        ctx.offsets, ctx.top_k, ctx.pool = offsets, top_k, pool
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, up, out = ctx.saved_tensors
-        need_x, _, need_weights, _, _, need_gate, need_up, need_down, _ = ctx.needs_input_grad
+        need_x, _, need_weights, _, _, need_gate, need_up, need_down, _, _ = ctx.needs_input_grad
         n_rows, d_model = rows.shape
         grad_out = grad_y.contiguous().index_select(0, token_index)  # (M, D): dL/d(weighted row)
         grad_weights = (grad_out * out).sum(-1) if need_weights else None  # (M,)
         grad_out.mul_(weights.unsqueeze(-1))  # (M, D): dL/d(expert output row)
 
-        grad_w_gate = torch.empty_like(w_gate) if (gate is not None and need_gate) else None
-        grad_w_up = torch.empty_like(w_up) if need_up else None
-        grad_w_down = torch.empty_like(w_down) if need_down else None
+        def weight_grad(name, weight, needed):  # (E, D, F) or (E, F, D), pooled
+            if weight is None or not needed:
+                return None
+            return ctx.pool.empty(name, tuple(weight.shape), weight.dtype, weight.device)
+
+        grad_w_gate = weight_grad("grad_w_gate", w_gate, need_gate)
+        grad_w_up = weight_grad("grad_w_up", w_up, need_up)
+        grad_w_down = weight_grad("grad_w_down", w_down, need_down)
         grad_rows = rows.new_empty(n_rows + 1, d_model) if need_x else None  # (M+1, D)
         chunk, d_expert = min(n_rows, CHUNK_ROWS), up.shape[1]
         act = rows.new_empty(chunk, d_expert)  # silu(gate) or gelu(up)
@@ -144,7 +157,8 @@ class SortedExpertsFunction(torch.autograd.Function):
         if grad_rows is not None:
             grad_rows[n_rows].zero_()
             grad_x = combine_sorted(grad_rows, inverse, ctx.top_k)  # (N, D)
-        return grad_x, None, grad_weights, None, None, grad_w_gate, grad_w_up, grad_w_down, None
+        weight_grads = (grad_w_gate, grad_w_up, grad_w_down)
+        return (grad_x, None, grad_weights, None, None, *weight_grads, None, None)
 
 
 def dispatch_sorted(
@@ -171,5 +185,6 @@ def dispatch_sorted(
         experts.w_up,
         experts.w_down,
         order.offsets,
+        experts.scratch,
     )
     return DispatchOutput(y=y, dropped=dropped)
