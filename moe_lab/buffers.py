@@ -1,11 +1,13 @@
 """Large CPU buffers reused across calls once nothing holds them (the `sorted` backend's scratch).
 
 Why: glibc serves every allocation above 32 MB with its own ``mmap`` and unmaps it on free, so
-the next tensor of that size page-faults all of its memory in again. On this course's 2-core
-machine that costs about 20 ms per 67 MB, more than the matrix products at small N. An MoE
-layer's weight gradients are E times a dense layer's: at E=32, D=512, F=1024 each of the three
-is 67 MB, and a training loop that sets ``.grad = None`` every step (``zero_grad``'s default)
-would fault in 200 MB of fresh memory per backward.
+the next tensor of that size page-faults all of its memory in again; smaller blocks go back to
+the operating system too whenever the free space at the top of the heap passes the trim
+threshold (dynamic, from 128 KB), which a layer freeing several megabyte-sized temporaries at
+once does every call. On this course's 2-core machine a fault-in costs about 20 ms per 67 MB,
+more than the matrix products at small N. An MoE layer's weight gradients are E times a dense
+layer's: at E=32, D=512, F=1024 each of the three is 67 MB, and a training loop that sets
+``.grad = None`` every step (``zero_grad``'s default) would fault in 200 MB per backward.
 
 The pool keeps the last buffer of each name and hands it out again only when nothing else
 references its memory, checked through the storage's reference count: a gradient the optimizer
@@ -24,7 +26,7 @@ import math
 
 import torch
 
-MIN_POOLED_BYTES = 4 * 2**20  # below this glibc's own free lists already reuse memory
+MIN_POOLED_BYTES = 128 * 2**10  # glibc's default mmap and trim threshold; smaller stays in malloc
 
 
 def _storage_references(tensor: torch.Tensor) -> int:

@@ -7,6 +7,7 @@ import torch
 
 from moe_lab import MoEConfig, MoELayer
 from moe_lab.dispatch import BACKENDS, capacity_queue, get_backend
+from moe_lab.dispatch import sorted as sorted_dispatch
 from moe_lab.experts import StackedExperts
 from moe_lab.routers import RoutingResult
 
@@ -83,8 +84,12 @@ def test_backend_equals_naive(backend, router, n_experts, top_k, shared, activat
         assert_grad_close(grads[name], ref_grad, name)
 
 
-def test_backends_agree_on_a_larger_batch_with_empty_experts():
-    # Many rows per expert (several CHUNK_ROWS chunks) and two experts that receive nothing.
+@pytest.mark.parametrize("block_rows", [100, None])
+def test_backends_agree_on_a_larger_batch_with_empty_experts(monkeypatch, block_rows):
+    # Many rows per expert and two experts that receive nothing; with 100-row blocks every expert
+    # spans several blocks and most blocks hold the end of one expert and the start of the next.
+    if block_rows is not None:
+        monkeypatch.setattr(sorted_dispatch, "BLOCK_BYTES", block_rows * 24 * 4)  # F=24, float32
     cfg = MoEConfig(d_model=16, d_expert=24, n_experts=6, top_k=2)
     layer = MoELayer(cfg)
     with torch.no_grad():
@@ -240,3 +245,19 @@ def test_capacity_lets_a_later_token_change_an_earlier_one():
     b = get_backend("sorted")(x, t1_prefers_0, experts, capacity=1)
     assert a.dropped[0].tolist() == [False, True] and b.dropped[0].tolist() == [False, False]
     assert not torch.allclose(a.y[0], b.y[0])
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 64, 1000])
+def test_row_blocks_cover_every_row_once_in_expert_segments(block_rows):
+    offsets = [0, 5, 5, 12, 40, 41, 41]  # experts of 5, 0, 7, 28, 1, 0 rows
+    seen, first_of = [], {}
+    for start, end, segments in sorted_dispatch.row_blocks(offsets, block_rows):
+        assert 0 < end - start <= block_rows
+        assert segments[0][1] == start and segments[-1][2] == end
+        for expert, s, t, first in segments:
+            assert offsets[expert] <= s < t <= offsets[expert + 1]  # inside one expert
+            assert first == (s == offsets[expert])
+            first_of.setdefault(expert, s)
+            seen.extend(range(s, t))
+    assert seen == list(range(offsets[-1]))  # every row once, in order
+    assert first_of == {0: 0, 2: 5, 3: 12, 4: 40}  # empty experts get no segment

@@ -10,12 +10,13 @@ obvious autograd version loses most of its time outside the matrix products:
     traffic of the weights. The backward here writes each expert's gradient slice in place.
   * Scatter-adds (``index_add``) are several times slower than gathers on the CPU: the combine
     and the input gradient use the inverse permutation instead (``common.combine_sorted``).
-  * The (rows, F) temporaries of the activation and of the backward are computed in chunks of
-    ``CHUNK_ROWS`` rows into buffers allocated once per call, so they stay in cache and the
-    allocator does not hand large blocks back and forth with the operating system.
-  * The weight gradients and the saved (rows, F) activations come from the experts'
-    ``BufferPool``: reused between steps once nothing holds them, instead of page-faulting
-    E times a dense layer's gradient memory in afresh every backward (see ``moe_lab.buffers``).
+  * The backward's (rows, F) temporaries are computed in blocks of about 2 MB (``row_blocks``):
+    a large expert's rows span several blocks, so the temporaries stay in cache; small experts
+    share one block, so the element-wise work is one operator call for all of them.
+  * Every large buffer (weight gradients, saved activations, temporaries) comes from the
+    experts' ``BufferPool``: reused between steps once nothing holds it, instead of
+    page-faulting fresh memory in every call; an MoE layer's weight gradients alone are E
+    times a dense layer's (see ``moe_lab.buffers``).
 
 Reference: Gale et al. 2022, "MegaBlocks: Efficient Sparse Training with Mixture-of-Experts".
 """
@@ -33,7 +34,7 @@ from moe_lab.dispatch.common import (
 from moe_lab.experts import StackedExperts
 from moe_lab.routers import RoutingResult
 
-CHUNK_ROWS = 512
+BLOCK_BYTES = 2 * 2**20  # one (rows, F) temporary per block: about an L2 cache or two
 
 _silu = torch.ops.aten.silu.out
 _gelu = torch.ops.aten.gelu.out
@@ -41,12 +42,32 @@ _silu_backward = torch.ops.aten.silu_backward.grad_input
 _gelu_backward = torch.ops.aten.gelu_backward.grad_input
 
 
-def expert_chunks(offsets: list[int], chunk_rows: int = CHUNK_ROWS):
-    """(expert, start, end, first) for consecutive row chunks of every expert with rows."""
-    for expert in range(len(offsets) - 1):
-        for start in range(offsets[expert], offsets[expert + 1], chunk_rows):
-            end = min(start + chunk_rows, offsets[expert + 1])
-            yield expert, start, end, start == offsets[expert]
+def block_rows_for(d_expert: int, itemsize: int) -> int:
+    """Rows per block: a (rows, F) temporary of about ``BLOCK_BYTES`` (512 rows at F=1024)."""
+    return max(64, BLOCK_BYTES // (d_expert * itemsize))
+
+
+def row_blocks(offsets: list[int], block_rows: int):
+    """Consecutive blocks of sorted rows, each with the experts' segments inside it.
+
+    Yields ``(start, end, segments)`` with ``segments`` a list of ``(expert, seg_start, seg_end,
+    first)``; ``first`` marks the segment that begins the expert's rows. Element-wise work runs
+    once per block, the matrix products once per segment: small experts share one block (few
+    operator calls), a large expert spans several (temporaries stay in cache).
+    """
+    n_experts, n_rows = len(offsets) - 1, offsets[-1]
+    expert = 0
+    for start in range(0, n_rows, block_rows):
+        end = min(start + block_rows, n_rows)
+        segments = []
+        while expert < n_experts and offsets[expert] < end:
+            seg_start, seg_end = max(start, offsets[expert]), min(end, offsets[expert + 1])
+            if seg_end > seg_start:
+                segments.append((expert, seg_start, seg_end, seg_start == offsets[expert]))
+            if offsets[expert + 1] > end:
+                break  # this expert continues in the next block
+            expert += 1
+        yield start, end, segments
 
 
 def _matmul_into(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
@@ -61,37 +82,44 @@ class SortedExpertsFunction(torch.autograd.Function):
     """y[n] = sum_k w[n,k] expert_{i[n,k]}(x[n]) over rows sorted by expert, with a hand backward.
 
     Shape: x (N, D), token_index (M,), weights (M,), inverse (N*K,), w_gate/w_up (E, D, F),
-    w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts. ``pool`` supplies the
-    large buffers (a ``BufferPool``).
+    w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts. ``pool`` (a
+    ``BufferPool``) supplies every large buffer. The forward keeps what the backward needs
+    (the gate and up projections, the activation and the hidden layer: what autograd would
+    keep for a dense SwiGLU), so the backward recomputes nothing.
     """
 
     @staticmethod
     def forward(ctx, x, token_index, weights, inverse, top_k, w_gate, w_up, w_down, offsets, pool):
-        rows = x.index_select(0, token_index)  # (N, D) -> (M, D)
-        n_rows, d_model, d_expert = rows.shape[0], rows.shape[1], w_up.shape[-1]
-        up = pool.empty("up", (n_rows, d_expert), x.dtype, x.device)  # (M, F), saved
-        gate = (
-            pool.empty("gate", (n_rows, d_expert), x.dtype, x.device)
-            if w_gate is not None
-            else None
-        )  # (M, F), saved
-        hidden = rows.new_empty(min(n_rows, CHUNK_ROWS), d_expert)  # (chunk, F), reused
-        out = rows.new_empty(n_rows, d_model)  # (M, D): unweighted expert outputs
-        for expert, start, end, _ in expert_chunks(offsets):
-            h = hidden[: end - start]
-            torch.mm(rows[start:end], w_up[expert], out=up[start:end])
-            if gate is not None:
-                torch.mm(rows[start:end], w_gate[expert], out=gate[start:end])
-                _silu(gate[start:end], out=h).mul_(up[start:end])
+        n_rows, d_model, d_expert = token_index.shape[0], x.shape[1], w_up.shape[-1]
+
+        def buffer(name, *shape):
+            return pool.empty(name, shape, x.dtype, x.device)
+
+        swiglu = w_gate is not None
+        rows = torch.index_select(x, 0, token_index, out=buffer("rows", n_rows, d_model))
+        up = buffer("up", n_rows, d_expert)  # (M, F)
+        gate = buffer("gate", n_rows, d_expert) if swiglu else None  # (M, F)
+        act = buffer("act", n_rows, d_expert) if swiglu else None  # (M, F): silu(gate)
+        hidden = buffer("hidden", n_rows, d_expert)  # (M, F): input of the down projection
+        out = buffer("out", n_rows, d_model)  # (M, D): unweighted expert outputs
+        for start, end, segments in row_blocks(offsets, block_rows_for(d_expert, x.element_size())):
+            for expert, s, t, _ in segments:
+                torch.mm(rows[s:t], w_up[expert], out=up[s:t])
+                if swiglu:
+                    torch.mm(rows[s:t], w_gate[expert], out=gate[s:t])
+            if swiglu:
+                _silu(gate[start:end], out=act[start:end])
+                torch.mul(act[start:end], up[start:end], out=hidden[start:end])
             else:
-                _gelu(up[start:end], out=h)
-            torch.mm(h, w_down[expert], out=out[start:end])
-        weighted = rows.new_empty(n_rows + 1, d_model)  # (M+1, D), last row: dropped slots
+                _gelu(up[start:end], out=hidden[start:end])
+            for expert, s, t, _ in segments:
+                torch.mm(hidden[s:t], w_down[expert], out=out[s:t])
+        weighted = buffer("weighted", n_rows + 1, d_model)  # (M+1, D), last row: dropped slots
         torch.mul(out, weights.unsqueeze(-1), out=weighted[:n_rows])
         weighted[n_rows].zero_()
         y = combine_sorted(weighted, inverse, top_k)  # (N, D)
         ctx.save_for_backward(
-            rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, up, out
+            rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, act, up, hidden, out
         )
         ctx.offsets, ctx.top_k, ctx.pool = offsets, top_k, pool
         return y
@@ -99,54 +127,59 @@ class SortedExpertsFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, up, out = ctx.saved_tensors
+        (rows, token_index, weights, inverse, w_gate, w_up, w_down) = ctx.saved_tensors[:7]
+        gate, act, up, hidden, out = ctx.saved_tensors[7:]
         need_x, _, need_weights, _, _, need_gate, need_up, need_down, _, _ = ctx.needs_input_grad
         n_rows, d_model = rows.shape
-        grad_out = grad_y.contiguous().index_select(0, token_index)  # (M, D): dL/d(weighted row)
+        d_expert = up.shape[1]
+
+        def buffer(name, *shape):
+            return ctx.pool.empty(name, shape, rows.dtype, rows.device)
+
+        def weight_grad(name, weight, needed):  # (E, D, F) or (E, F, D)
+            return buffer(name, *weight.shape) if weight is not None and needed else None
+
+        grad_out = torch.index_select(  # (M, D): dL/d(weighted row)
+            grad_y.contiguous(), 0, token_index, out=buffer("grad_out", n_rows, d_model)
+        )
         grad_weights = (grad_out * out).sum(-1) if need_weights else None  # (M,)
         grad_out.mul_(weights.unsqueeze(-1))  # (M, D): dL/d(expert output row)
-
-        def weight_grad(name, weight, needed):  # (E, D, F) or (E, F, D), pooled
-            if weight is None or not needed:
-                return None
-            return ctx.pool.empty(name, tuple(weight.shape), weight.dtype, weight.device)
-
         grad_w_gate = weight_grad("grad_w_gate", w_gate, need_gate)
         grad_w_up = weight_grad("grad_w_up", w_up, need_up)
         grad_w_down = weight_grad("grad_w_down", w_down, need_down)
-        grad_rows = rows.new_empty(n_rows + 1, d_model) if need_x else None  # (M+1, D)
-        chunk, d_expert = min(n_rows, CHUNK_ROWS), up.shape[1]
-        act = rows.new_empty(chunk, d_expert)  # silu(gate) or gelu(up)
-        hidden = rows.new_empty(chunk, d_expert)  # recomputed hidden, then dL/d(up)
-        grad_hidden = rows.new_empty(chunk, d_expert)
-        grad_gate = rows.new_empty(chunk, d_expert) if gate is not None else None
+        grad_rows = buffer("grad_rows", n_rows + 1, d_model) if need_x else None  # (M+1, D)
+        block_rows = block_rows_for(d_expert, rows.element_size())
+        block = min(n_rows, block_rows)
+        grad_hidden = buffer("grad_hidden", block, d_expert)  # (block, F) temporaries
+        grad_up_block = buffer("grad_up", block, d_expert)
+        grad_gate_block = buffer("grad_gate", block, d_expert) if gate is not None else None
 
-        for expert, start, end, first in expert_chunks(ctx.offsets):
+        for start, end, segments in row_blocks(ctx.offsets, block_rows):
             n = end - start
-            x_c, go_c, up_c = rows[start:end], grad_out[start:end], up[start:end]
-            h, gh, a = hidden[:n], grad_hidden[:n], act[:n]
+            gh, grad_up = grad_hidden[:n], grad_up_block[:n]
+            for expert, s, t, first in segments:
+                local = slice(s - start, t - start)
+                if grad_w_down is not None:
+                    _matmul_into(grad_w_down[expert], hidden[s:t].t(), grad_out[s:t], first)
+                torch.mm(grad_out[s:t], w_down[expert].t(), out=gh[local])  # dL/d(hidden)
             if gate is not None:
-                _silu(gate[start:end], out=a)
-                torch.mul(a, up_c, out=h)  # hidden = silu(gate) * up
+                torch.mul(gh, act[start:end], out=grad_up)  # dL/d(up) = dL/dh * silu(gate)
+                gg = _silu_backward(
+                    gh.mul_(up[start:end]), gate[start:end], grad_input=grad_gate_block[:n]
+                )  # dL/d(gate)
             else:
-                _gelu(up_c, out=h)
-            if grad_w_down is not None:
-                _matmul_into(grad_w_down[expert], h.t(), go_c, first)
-            torch.mm(go_c, w_down[expert].t(), out=gh)  # dL/d(hidden)
-            if gate is not None:
-                grad_up = torch.mul(gh, a, out=h)  # dL/d(up) = dL/dh * silu(gate)
-                gg = _silu_backward(gh.mul_(up_c), gate[start:end], grad_input=grad_gate[:n])
-            else:
-                grad_up = _gelu_backward(gh, up_c, grad_input=h)
+                _gelu_backward(gh, up[start:end], grad_input=grad_up)
                 gg = None
-            if grad_rows is not None:
-                torch.mm(grad_up, w_up[expert].t(), out=grad_rows[start:end])
-                if gg is not None:
-                    grad_rows[start:end].addmm_(gg, w_gate[expert].t())
-            if grad_w_up is not None:
-                _matmul_into(grad_w_up[expert], x_c.t(), grad_up, first)
-            if grad_w_gate is not None:
-                _matmul_into(grad_w_gate[expert], x_c.t(), gg, first)
+            for expert, s, t, first in segments:
+                local = slice(s - start, t - start)
+                if grad_rows is not None:
+                    torch.mm(grad_up[local], w_up[expert].t(), out=grad_rows[s:t])
+                    if gg is not None:
+                        grad_rows[s:t].addmm_(gg[local], w_gate[expert].t())
+                if grad_w_up is not None:
+                    _matmul_into(grad_w_up[expert], rows[s:t].t(), grad_up[local], first)
+                if grad_w_gate is not None:
+                    _matmul_into(grad_w_gate[expert], rows[s:t].t(), gg[local], first)
 
         for expert in range(len(ctx.offsets) - 1):  # experts that got no rows: zero gradient
             if ctx.offsets[expert] == ctx.offsets[expert + 1]:
