@@ -55,7 +55,9 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
     Shape: logits (N, E) -> scalar
     """
-    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+    # over dim 0 of the (E, N) transpose: the same sum, and torch's fast path for the router's
+    # expert-major logits (see Router.compute_logits)
+    return torch.logsumexp(logits.float().t(), dim=0).square().mean()
 
 
 def sequence_balance_loss(
