@@ -127,9 +127,20 @@ def sort_by_expert(routing: RoutingResult, keep: torch.Tensor | None) -> ExpertS
     )
 
 
-def combine_sorted(rows_padded: torch.Tensor, inverse: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Sum each token's K sorted rows: rows_padded (M+1, D), last row zero -> (N, D)."""
-    gathered = rows_padded.index_select(0, inverse)  # (N*K, D)
+def combine_sorted(
+    rows_padded: torch.Tensor,
+    inverse: torch.Tensor,
+    top_k: int,
+    gathered: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum each token's K sorted rows: rows_padded (M+1, D), last row zero -> (N, D).
+
+    ``gathered`` (N*K, D), optional, receives the gathered rows (a reusable buffer, K > 1).
+    """
+    if gathered is None:
+        gathered = rows_padded.index_select(0, inverse)  # (N*K, D)
+    else:
+        torch.index_select(rows_padded, 0, inverse, out=gathered)
     if top_k == 1:
         return gathered
     return gathered.view(-1, top_k, rows_padded.shape[1]).sum(dim=1)  # (N, K, D) -> (N, D)

@@ -102,22 +102,30 @@ class SortedExpertsFunction(torch.autograd.Function):
         act = buffer("act", n_rows, d_expert) if swiglu else None  # (M, F): silu(gate)
         hidden = buffer("hidden", n_rows, d_expert)  # (M, F): input of the down projection
         out = buffer("out", n_rows, d_model)  # (M, D): unweighted expert outputs
+        # per-expert views made by one operator each (split/unbind), not one slice per expert
+        w_up_e, w_down_e = w_up.unbind(0), w_down.unbind(0)  # E x (D, F), E x (F, D)
+        w_gate_e = w_gate.unbind(0) if swiglu else None
         for start, end, segments in row_blocks(offsets, block_rows_for(d_expert, x.element_size())):
-            for expert, s, t, _ in segments:
-                torch.mm(rows[s:t], w_up[expert], out=up[s:t])
+            sizes = [e - s for _, s, e, _ in segments]
+            rows_p, up_p, out_p = (t[start:end].split(sizes) for t in (rows, up, out))
+            hidden_p = hidden[start:end].split(sizes)
+            gate_p = gate[start:end].split(sizes) if swiglu else None
+            for i, (expert, _, _, _) in enumerate(segments):
+                torch.mm(rows_p[i], w_up_e[expert], out=up_p[i])  # (rows, D) @ (D, F)
                 if swiglu:
-                    torch.mm(rows[s:t], w_gate[expert], out=gate[s:t])
+                    torch.mm(rows_p[i], w_gate_e[expert], out=gate_p[i])
             if swiglu:
                 _silu(gate[start:end], out=act[start:end])
-                torch.mul(act[start:end], up[start:end], out=hidden[start:end])
+                torch.mul(act[start:end], up[start:end], out=hidden[start:end])  # SwiGLU
             else:
                 _gelu(up[start:end], out=hidden[start:end])
-            for expert, s, t, _ in segments:
-                torch.mm(hidden[s:t], w_down[expert], out=out[s:t])
+            for i, (expert, _, _, _) in enumerate(segments):
+                torch.mm(hidden_p[i], w_down_e[expert], out=out_p[i])  # (rows, F) @ (F, D)
         weighted = buffer("weighted", n_rows + 1, d_model)  # (M+1, D), last row: dropped slots
         torch.mul(out, weights.unsqueeze(-1), out=weighted[:n_rows])
         weighted[n_rows].zero_()
-        y = combine_sorted(weighted, inverse, top_k)  # (N, D)
+        gathered = buffer("gathered", inverse.shape[0], d_model) if top_k > 1 else None
+        y = combine_sorted(weighted, inverse, top_k, gathered)  # (N, D)
         ctx.save_for_backward(
             rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, act, up, hidden, out
         )
@@ -154,32 +162,44 @@ class SortedExpertsFunction(torch.autograd.Function):
         grad_up_block = buffer("grad_up", block, d_expert)
         grad_gate_block = buffer("grad_gate", block, d_expert) if gate is not None else None
 
+        # per-expert views made by one operator each (split/unbind), not one slice per expert
+        w_up_t, w_down_t = w_up.transpose(1, 2).unbind(0), w_down.transpose(1, 2).unbind(0)
+        w_gate_t = w_gate.transpose(1, 2).unbind(0) if gate is not None else None
+        grads_e = [
+            g.unbind(0) if g is not None else None for g in (grad_w_gate, grad_w_up, grad_w_down)
+        ]
+        gw_gate_e, gw_up_e, gw_down_e = grads_e
         for start, end, segments in row_blocks(ctx.offsets, block_rows):
             n = end - start
+            sizes = [e - s for _, s, e, _ in segments]
             gh, grad_up = grad_hidden[:n], grad_up_block[:n]
-            for expert, s, t, first in segments:
-                local = slice(s - start, t - start)
-                if grad_w_down is not None:
-                    _matmul_into(grad_w_down[expert], hidden[s:t].t(), grad_out[s:t], first)
-                torch.mm(grad_out[s:t], w_down[expert].t(), out=gh[local])  # dL/d(hidden)
+            hidden_tp = hidden[start:end].t().split(sizes, dim=1)  # (F, rows) per segment
+            rows_tp = rows[start:end].t().split(sizes, dim=1)  # (D, rows) per segment
+            grad_out_p, gh_p = grad_out[start:end].split(sizes), gh.split(sizes)
+            for i, (expert, _, _, is_first) in enumerate(segments):
+                if gw_down_e is not None:
+                    _matmul_into(gw_down_e[expert], hidden_tp[i], grad_out_p[i], is_first)
+                torch.mm(grad_out_p[i], w_down_t[expert], out=gh_p[i])  # dL/d(hidden)
             if gate is not None:
                 torch.mul(gh, act[start:end], out=grad_up)  # dL/d(up) = dL/dh * silu(gate)
                 gg = _silu_backward(
                     gh.mul_(up[start:end]), gate[start:end], grad_input=grad_gate_block[:n]
                 )  # dL/d(gate)
+                gg_p = gg.split(sizes)
             else:
                 _gelu_backward(gh, up[start:end], grad_input=grad_up)
-                gg = None
-            for expert, s, t, first in segments:
-                local = slice(s - start, t - start)
-                if grad_rows is not None:
-                    torch.mm(grad_up[local], w_up[expert].t(), out=grad_rows[s:t])
-                    if gg is not None:
-                        grad_rows[s:t].addmm_(gg[local], w_gate[expert].t())
-                if grad_w_up is not None:
-                    _matmul_into(grad_w_up[expert], rows[s:t].t(), grad_up[local], first)
-                if grad_w_gate is not None:
-                    _matmul_into(grad_w_gate[expert], rows[s:t].t(), gg[local], first)
+                gg_p = None
+            grad_up_p = grad_up.split(sizes)
+            grad_rows_p = grad_rows[start:end].split(sizes) if grad_rows is not None else None
+            for i, (expert, _, _, is_first) in enumerate(segments):
+                if grad_rows_p is not None:
+                    torch.mm(grad_up_p[i], w_up_t[expert], out=grad_rows_p[i])
+                    if gg_p is not None:
+                        grad_rows_p[i].addmm_(gg_p[i], w_gate_t[expert])
+                if gw_up_e is not None:
+                    _matmul_into(gw_up_e[expert], rows_tp[i], grad_up_p[i], is_first)
+                if gw_gate_e is not None:
+                    _matmul_into(gw_gate_e[expert], rows_tp[i], gg_p[i], is_first)
 
         for expert in range(len(ctx.offsets) - 1):  # experts that got no rows: zero gradient
             if ctx.offsets[expert] == ctx.offsets[expert + 1]:
@@ -189,7 +209,8 @@ class SortedExpertsFunction(torch.autograd.Function):
         grad_x = None
         if grad_rows is not None:
             grad_rows[n_rows].zero_()
-            grad_x = combine_sorted(grad_rows, inverse, ctx.top_k)  # (N, D)
+            gathered = buffer("grad_gathered", inverse.shape[0], d_model) if ctx.top_k > 1 else None
+            grad_x = combine_sorted(grad_rows, inverse, ctx.top_k, gathered)  # (N, D)
         weight_grads = (grad_w_gate, grad_w_up, grad_w_down)
         return (grad_x, None, grad_weights, None, None, *weight_grads, None, None)
 
