@@ -144,9 +144,9 @@ class MoELayer(nn.Module):
                 shared = shared * torch.sigmoid(self.shared_gate(flat))  # (N, D) * (N, 1)
             y = y + shared
         losses = self.balancing_losses(routing, batch_size)
-        aux_loss = sum(
-            (weight * losses[name] for name, weight in self.loss_weights().items() if weight > 0),
-            start=torch.zeros((), device=y.device),
+        weighted = [w * losses[name] for name, w in self.loss_weights().items() if w > 0]
+        aux_loss = (
+            sum(weighted[1:], start=weighted[0]) if weighted else torch.zeros((), device=y.device)
         )
         return MoEOutput(
             y=y.view(x.shape),  # (N, D) -> x's shape

@@ -84,7 +84,8 @@ class Router(nn.Module):
         logsumexp over a short innermost dimension (E = 8) run several times slower than over
         a strided one (``softmax_over_experts``).
         """
-        return (self.gate.weight @ x.t()).t() / self.temperature  # (E, N) -> (N, E) view
+        logits = (self.gate.weight @ x.t()).t()  # (E, N) -> (N, E) view
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> RoutingResult:
         raise NotImplementedError
@@ -112,7 +113,8 @@ class SoftmaxTopKRouter(Router):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> RoutingResult:
         logits = self.compute_logits(x)  # (N, E)
         probs = softmax_over_experts(logits)  # (N, E)
-        _, indices = torch.topk(probs + self.selection_bias, self.top_k, dim=-1)  # (N, K)
+        with torch.no_grad():  # selection: no gradient flows through the choice itself
+            _, indices = torch.topk(probs + self.selection_bias, self.top_k, dim=-1)  # (N, K)
         weights = probs.gather(-1, indices)  # (N, K)
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
