@@ -356,19 +356,20 @@ md(r"""
 Which of these hold in general? The same comparison over three seeds (seeds 0, 1, 2 of
 `TrainConfig`, which set the initialization and the batch order; the corpus fixed), each run
 by `moe-lab train --preset NAME --seed S --out runs/seeds/NAME-S --no-progress` with one torch
-thread on a shared 2-core CPU. Validation loss in nats per byte after 320 steps:
+thread, one run at a time on a 2-core CPU; `python tools/three_seeds.py --lr-sweep` reruns all of
+it and prints this table. Validation loss in nats per byte after 320 steps:
 
 | seed | tiny-dense | tiny-moe | tiny-dense-wide | wide at the MoE's FLOPs | MoE when the dense run ended | MoE / dense tokens/s |
 |---|---|---|---|---|---|---|
-| 0 | 1.335 | **1.146** | 1.216 | 2.236 | 1.837 | 0.53 (CPU shared with another job) |
-| 1 | 1.408 | **1.181** | 1.376 | 2.349 | 1.259 | 0.88 |
-| 2 | 1.419 | **1.059** | 1.096 | 2.121 | 1.223 | 0.77 |
-| mean | 1.387 | **1.129** | 1.229 | 2.235 | | |
+| 0 | 1.335 | **1.146** | 1.216 | 2.258 | 1.257 | 0.82 |
+| 1 | 1.408 | **1.193** | 1.376 | 2.374 | 1.328 | 0.79 |
+| 2 | 1.419 | **1.056** | 1.096 | 2.156 | 1.227 | 0.76 |
+| mean | 1.387 | **1.132** | 1.229 | 2.263 | | |
 
 **Held in every seed, with margins far above the spread, and asserted below:**
 
 - at equal steps, tokens and FLOPs (to 0.6%) the MoE beats its dense twin, by 0.19 to 0.36
-  nats per byte (and it also does at a learning rate of 3e-3: 1.227 against 1.488, seed 0);
+  nats per byte (and it also does at a learning rate of 3e-3: 1.238 against 1.488, seed 0);
 - at equal training FLOPs the MoE beats the wide model, which at that point has had about a third
   of its steps;
 - at equal steps the wide model beats the dense twin (by 0.03 to 0.32): more parameters per
@@ -376,15 +377,17 @@ thread on a shared 2-core CPU. Validation loss in nats per byte after 320 steps:
 
 **Not robust, so not asserted:**
 
-- *Equal wall-clock.* The MoE won when the machine was quiet (seeds 1 and 2) and lost badly when
-  its run shared the CPU with another job (seed 0): the MoE's many small operations suffer more
-  from contention than the dense model's few large ones. The answer belongs to the machine, its
-  load and the dispatch kernels, not to the MoE. `python -m moe_lab.bench train` measures the
-  throughput ratio properly, interleaved in one process.
+- *Equal wall-clock.* The MoE won in all three seeds above, with each run alone on the machine.
+  In an earlier measurement of this table, with slower dispatch code, seed 0's MoE run shared
+  the CPU with another job, ran at 0.53 of the dense throughput and lost at equal wall-clock
+  (1.837 against 1.335): the MoE's many small operations suffer more from contention than the
+  dense model's few large ones. The answer belongs to the machine, its load and the dispatch
+  kernels, not to the MoE. `python -m moe_lab.bench train` measures the throughput ratio
+  properly, interleaved in one process.
 - *The MoE beating the wide model at equal steps.* It did in all three seeds, but that is the
   shared learning rate's doing, not the MoE's: the wide model prefers a smaller one. At lr 3e-3
   (seed 0) the wide model reaches **1.106**, better than the MoE at either rate tried (1.146 at
-  6e-3, 1.227 at 3e-3); at 1e-2 it reaches 1.289. With each model at the best of the rates tried
+  6e-3, 1.238 at 3e-3); at 1e-2 it reaches 1.289. With each model at the best of the rates tried
   the expected order returns: wide 1.106 < MoE 1.146 < dense 1.335 (at 3e-3: 1.488). A fair
   "same total parameters" comparison tunes each model's rate.
 """)
