@@ -19,3 +19,33 @@ def test_generated_file_is_up_to_date(generator):
         f"{generator.name} --check failed: re-run `python tools/{generator.name}` and commit.\n"
         f"{result.stdout}{result.stderr}"
     )
+
+
+def test_three_seeds_table_from_hand_made_histories(tmp_path):
+    """tools/three_seeds.py turns run histories into notebook 04's table; values by hand."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("three_seeds", TOOLS / "three_seeds.py")
+    three_seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(three_seeds)
+    for seed in three_seeds.SEEDS:
+        for preset, final, speed in (("tiny-dense", 1.5, 2.0), ("tiny-moe", 1.2, 1.0),
+                                     ("tiny-dense-wide", 1.3, 1.0)):  # fmt: skip
+            steps = range(11)
+            history = {
+                "val_loss": [3.0, 2.0, final],  # evaluated at 0, 50 and 100 FLOPs / 0, 5, 10 s
+                "eval_flops": [0.0, 50.0, 100.0],
+                "eval_wall_time": [0.0, 5.0, 10.0],
+                "flops": [10.0 * s for s in steps],
+                "tokens": [100 * s for s in steps],
+                "wall_time": [s / speed for s in steps],  # tokens/s = 100 * speed
+            }
+            run = three_seeds.run_dir(tmp_path, preset, seed)
+            run.mkdir(parents=True)
+            (run / "history.json").write_text(json.dumps(history))
+    rows = three_seeds.table(tmp_path).splitlines()
+    # wide at the MoE's 100 FLOPs: its last point, 1.3; MoE when the dense run ended (5 s): 2.0;
+    # MoE / dense tokens/s: 100 / 200 = 0.50
+    assert rows[2] == "| 0 | 1.500 | **1.200** | 1.300 | 1.300 | 2.000 | 0.50 |"
+    assert rows[-1] == "| mean | 1.500 | **1.200** | 1.300 | 1.300 | | |"
