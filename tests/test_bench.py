@@ -2,8 +2,11 @@
 
 import json
 
+import pytest
+
 from moe_lab.bench.common import machine_info, time_interleaved, write_result
 from moe_lab.bench.layer import HEADLINE, Shape, bench_shape, grid
+from moe_lab.model import get_preset
 
 
 def test_grid_covers_the_summary_shapes():
@@ -34,3 +37,32 @@ def test_bench_shape_reports_every_backend_and_writes_json(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["machine"]["torch_version"].startswith("2.13")
     assert saved["machine"]["device_name"] and saved["machine"]["torch_threads"] >= 1
+
+
+def test_scaled_presets_keep_the_twins_matched():
+    from moe_lab.bench.train import scaled_presets
+    from moe_lab.model import TinyLM
+
+    moe, dense = scaled_presets("tiny-moe", "tiny-dense", 8)
+    assert moe.moe.d_expert == 8 and dense.d_ff == moe.moe.top_k * 8  # 2 experts of 8 = 16 wide
+
+    # still the same active parameters but for the routers' gates (3 blocks x D=64 x E=8), as
+    # for the unscaled presets; counted from the modules
+    def active_gap(moe_config, dense_config):
+        return (
+            TinyLM(moe_config).parameter_counts().active
+            - TinyLM(dense_config).parameter_counts().active
+        )
+
+    assert active_gap(moe, dense) == 3 * 64 * 8
+    assert active_gap(get_preset("tiny-moe"), get_preset("tiny-dense")) == 3 * 64 * 8
+    _, wide = scaled_presets("tiny-moe", "tiny-dense-wide", 8)
+    assert wide.d_ff == moe.moe.n_experts * 8  # the same total parameters: all 8 experts' width
+    assert scaled_presets("tiny-moe", "tiny-dense", None) == (
+        get_preset("tiny-moe"),
+        get_preset("tiny-dense"),
+    )
+    with pytest.raises(ValueError, match="has no MoE layers"):
+        scaled_presets("tiny-dense", "tiny-dense", 8)
+    with pytest.raises(ValueError, match=">= 1"):
+        scaled_presets("tiny-moe", "tiny-dense", 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_lab import MoEConfig, MoELayer
-from moe_lab.dispatch import BACKENDS, capacity_queue, get_backend
+from moe_lab.dispatch import BACKENDS, capacity_queue, common, get_backend
 from moe_lab.dispatch import sorted as sorted_dispatch
 from moe_lab.experts import StackedExperts
 from moe_lab.routers import RoutingResult
@@ -261,3 +261,57 @@ def test_row_blocks_cover_every_row_once_in_expert_segments(block_rows):
             seen.extend(range(s, t))
     assert seen == list(range(offsets[-1]))  # every row once, in order
     assert first_of == {0: 0, 2: 5, 3: 12, 4: 40}  # empty experts get no segment
+
+
+def test_sort_by_expert_against_a_python_sort():
+    # 4 tokens, K = 2, E = 3; slot (n, k) has id n*K + k. Token 2's second slot is dropped.
+    indices = torch.tensor([[2, 0], [0, 1], [2, 1], [0, 2]])
+    keep = torch.ones(4, 2, dtype=torch.bool)
+    keep[2, 1] = False
+    routing = RoutingResult(indices, torch.rand(4, 2), torch.rand(4, 3), torch.rand(4, 3))
+    for mask in (None, keep):
+        order = common.sort_by_expert(routing, mask)
+        slots = [s for s in range(8) if mask is None or mask.view(-1)[s]]
+        # a stable sort by expert, by hand: slot ids grouped by expert, in slot order
+        expected = sorted(slots, key=lambda s: indices.view(-1)[s].item())
+        assert order.slot_index.tolist() == expected
+        assert order.token_index.tolist() == [s // 2 for s in expected]
+        assert order.counts == [
+            sum(indices.view(-1)[s].item() == e for s in slots) for e in range(3)
+        ]
+        assert order.offsets == [0, *itertools.accumulate(order.counts)]
+        m = len(expected)
+        assert order.inverse.tolist() == [
+            expected.index(s) if s in expected else m for s in range(8)
+        ]
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_combine_sorted_against_a_loop(top_k):
+    n_tokens, d_model = 5, 4
+    n_slots = n_tokens * top_k
+    rows = torch.randn(n_slots - 1, d_model)  # one slot is dropped: M = N*K - 1 rows
+    rows_padded = torch.cat([rows, torch.zeros(1, d_model)])  # (M+1, D), row M reads as zero
+    inverse = torch.randperm(n_slots)  # slot -> sorted row; the slot given row M is the dropped one
+    weights = torch.rand(n_tokens, top_k, requires_grad=True)
+    y = common.combine_sorted(rows_padded, inverse, top_k, weights)
+    plain = common.combine_sorted(rows_padded, inverse, top_k)
+    y_loop, plain_loop = torch.zeros(n_tokens, d_model), torch.zeros(n_tokens, d_model)
+    for n in range(n_tokens):
+        for k in range(top_k):
+            row = rows_padded[inverse[n * top_k + k]]
+            y_loop[n] += weights[n, k].detach() * row
+            plain_loop[n] += row
+    torch.testing.assert_close(y, y_loop)
+    torch.testing.assert_close(plain, plain_loop)
+    # the weights' gradient: dL/dw[n, k] = <dL/dy[n], row of slot (n, k)>, so 0 for the dropped slot
+    upstream = torch.randn(n_tokens, d_model)
+    y.backward(upstream)
+    expected = torch.stack(
+        [
+            torch.stack([upstream[n] @ rows_padded[inverse[n * top_k + k]] for k in range(top_k)])
+            for n in range(n_tokens)
+        ]
+    )
+    torch.testing.assert_close(weights.grad, expected)
+    assert weights.grad.view(-1)[inverse.tolist().index(n_slots - 1)] == 0

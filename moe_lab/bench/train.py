@@ -5,6 +5,11 @@ steps (batch sampling, forward, backward, clipping, AdamW, bias update, History 
 interleaved blocks, and reports tokens per second and the MoE / dense ratio. The course's target
 is a ratio of at least 0.8: routing should cost little next to the expert FLOPs it saves.
 Evaluation is not part of a timed block.
+
+``--expert-width F`` scales every FFN of both presets by the same factor (the MoE's experts to
+width F, the dense model's FFN alike, so it keeps the same active parameters). Since the
+routing work does not depend on F, this separates what the MoE costs per step whatever its
+experts' arithmetic (the gap at a tiny F) from the arithmetic itself.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import torch
 
 from moe_lab.bench.common import machine_info, median, time_interleaved, write_result
+from moe_lab.config import ModelConfig
 from moe_lab.data import make_corpus
 from moe_lab.model import PRESETS, get_preset
 from moe_lab.train import TrainConfig, Trainer
@@ -35,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated torch thread counts to measure (default: 1 and torch's default)",
     )
+    parser.add_argument(
+        "--expert-width",
+        type=int,
+        default=None,
+        help="scale both presets' FFNs so the MoE's experts have this width (default: as is)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON result")
 
@@ -49,6 +61,39 @@ def _thread_counts(text: str | None) -> list[int]:
     if any(count < 1 for count in counts):
         raise ValueError(f"--threads {text!r}: thread counts must be >= 1")
     return counts
+
+
+def scaled_presets(
+    moe_preset: str, dense_preset: str, expert_width: int | None
+) -> tuple[ModelConfig, ModelConfig]:
+    """Both presets' configs, every FFN width scaled by ``expert_width / d_expert`` (or as is).
+
+    The scale must keep every width an integer: with the course presets (experts 128 wide,
+    dense FFNs 256 and 1024) any ``expert_width`` from 1 up works.
+    """
+    moe, dense = get_preset(moe_preset), get_preset(dense_preset)
+    if moe.moe is None:
+        raise ValueError(f"--moe-preset {moe_preset!r} has no MoE layers")
+    if expert_width is None:
+        return moe, dense
+    if expert_width < 1:
+        raise ValueError(f"--expert-width {expert_width}: give a width >= 1")
+    old = moe.moe.d_expert
+
+    def scaled(width: int, name: str) -> int:
+        if width * expert_width % old:
+            raise ValueError(
+                f"--expert-width {expert_width}: {name} {width} x {expert_width}/{old}"
+                " is not an integer"
+            )
+        return width * expert_width // old
+
+    moe = dataclasses.replace(
+        moe,
+        d_ff=scaled(moe.d_ff, "d_ff"),
+        moe=dataclasses.replace(moe.moe, d_expert=expert_width),
+    )
+    return moe, dataclasses.replace(dense, d_ff=scaled(dense.d_ff, "the dense d_ff"))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -68,9 +113,10 @@ def run(args: argparse.Namespace) -> dict:
         device=args.device,
     )
     corpus = make_corpus(train_config.corpus_chars, seed=train_config.corpus_seed)
+    moe_config, dense_config = scaled_presets(args.moe_preset, args.dense_preset, args.expert_width)
     trainers = {
-        "moe": Trainer(get_preset(args.moe_preset), train_config, corpus),
-        "dense": Trainer(get_preset(args.dense_preset), train_config, corpus),
+        "moe": Trainer(moe_config, train_config, corpus),
+        "dense": Trainer(dense_config, train_config, corpus),
     }
     candidates = {
         name: (lambda t=trainer: t.run(steps=args.steps, progress=False))
@@ -80,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
     measurements = []
     lines = [
         f"training throughput, {args.moe_preset} vs {args.dense_preset}"
-        f" (B={args.batch_size}, T={args.seq_len}, {args.repeats} x {args.steps} steps each):"
+        f" (B={args.batch_size}, T={args.seq_len}, expert width {moe_config.moe.d_expert},"
+        f" {args.repeats} x {args.steps} steps each):"
     ]
     try:
         for threads in thread_counts:
@@ -89,12 +136,14 @@ def run(args: argparse.Namespace) -> dict:
                 candidates, repeats=args.repeats, warmup=args.warmup, device=trainers["moe"].device
             )
             speed = {name: tokens_per_block / median(t) for name, t in times.items()}
+            per_step = {name: median(t) / args.steps for name, t in times.items()}
             ratio = speed["moe"] / speed["dense"]
             measurements.append(
                 {
                     "threads": threads,
                     "tokens_per_second": speed,
                     "ratio_moe_over_dense": ratio,
+                    "seconds_per_step": per_step,
                     "meets_target": ratio >= TARGET_RATIO,
                     "block_seconds": times,
                 }
@@ -102,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
             lines.append(
                 f"  {threads} thread(s): {args.moe_preset} {speed['moe']:,.0f} tokens/s,"
                 f" {args.dense_preset} {speed['dense']:,.0f} tokens/s,"
-                f" ratio {ratio:.3f} (target >= {TARGET_RATIO})"
+                f" ratio {ratio:.3f} (target >= {TARGET_RATIO}),"
+                f" MoE step {1e3 * per_step['moe'] - 1e3 * per_step['dense']:+.1f} ms"
             )
     finally:
         torch.set_num_threads(default_threads)
@@ -111,6 +161,8 @@ def run(args: argparse.Namespace) -> dict:
         "presets": {"moe": args.moe_preset, "dense": args.dense_preset},
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
+        "expert_width": moe_config.moe.d_expert,
+        "ffn_widths": {"moe_d_expert": moe_config.moe.d_expert, "dense_d_ff": dense_config.d_ff},
         "steps_per_block": args.steps,
         "repeats": args.repeats,
         "target_ratio": TARGET_RATIO,

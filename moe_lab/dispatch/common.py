@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -89,38 +90,38 @@ class ExpertSort:
 
     ``inverse`` undoes the sort: assignment slot n*K + k reads sorted row ``inverse[n*K + k]``, or
     row M (a zero row the caller appends) when the slot was dropped or is not an assignment. So
-    ``out_padded[inverse].view(N, K, D).sum(1)`` combines without a scatter (``index_add`` is
-    several times slower than a gather on the CPU).
+    ``combine_sorted`` gathers each token's K rows without a scatter (``index_add`` is several
+    times slower than a gather on the CPU).
     """
 
     token_index: torch.Tensor  # (M,) long: source token of each sorted assignment
-    weights: torch.Tensor  # (M,) combine weight of each sorted assignment
+    slot_index: torch.Tensor  # (M,) long: assignment slot n*K + k of each sorted row
     inverse: torch.Tensor  # (N*K,) long: sorted row of each slot, M where there is none
     counts: list[int]  # (E,) assignments per expert, on the host
     offsets: list[int]  # (E+1,) prefix sums of counts
 
 
 def sort_by_expert(routing: RoutingResult, keep: torch.Tensor | None) -> ExpertSort:
-    """Sort the kept (token, slot) assignments by expert; one host sync for the counts."""
+    """Sort the kept (token, slot) assignments by expert; one host sync for the counts.
+
+    ``keep`` (N, K) bool, or None when every slot is kept (dropless token choice).
+    """
     n_tokens, k = routing.indices.shape
     experts = routing.indices.reshape(-1)  # (N*K,)
-    weights = routing.weights.reshape(-1)  # (N*K,)
-    flat_ids = torch.arange(n_tokens * k, device=experts.device)  # (N*K,)
     if keep is not None and not bool(keep.all()):
-        kept = keep.reshape(-1)
-        experts, weights, flat_ids = experts[kept], weights[kept], flat_ids[kept]  # (M,)
-    experts_sorted, perm = torch.sort(experts, stable=True)  # (M,)
+        kept_slots = keep.reshape(-1).nonzero().squeeze(1)  # (M,)
+        experts_sorted, perm = torch.sort(experts[kept_slots], stable=True)  # (M,)
+        slot_index = kept_slots[perm]  # (M,)
+    else:  # every slot kept: the sort's permutation is the slot id itself
+        experts_sorted, slot_index = torch.sort(experts, stable=True)  # (N*K,)
     counts = torch.bincount(experts_sorted, minlength=routing.n_experts).tolist()
-    offsets = [0]
-    for count in counts:
-        offsets.append(offsets[-1] + count)
-    sorted_ids = flat_ids[perm]  # (M,) slot id n*K + k of each sorted row
-    n_rows = sorted_ids.numel()
+    offsets = [0, *itertools.accumulate(counts)]
+    n_rows = slot_index.numel()
     inverse = torch.full((n_tokens * k,), n_rows, dtype=torch.long, device=experts.device)
-    inverse[sorted_ids] = torch.arange(n_rows, device=experts.device)  # (N*K,)
+    inverse[slot_index] = torch.arange(n_rows, device=experts.device)  # (N*K,)
     return ExpertSort(
-        token_index=sorted_ids // k,  # (M,)
-        weights=weights[perm],  # (M,)
+        token_index=torch.div(slot_index, k, rounding_mode="floor"),  # (M,)
+        slot_index=slot_index,
         inverse=inverse,
         counts=counts,
         offsets=offsets,
@@ -131,16 +132,32 @@ def combine_sorted(
     rows_padded: torch.Tensor,
     inverse: torch.Tensor,
     top_k: int,
+    weights: torch.Tensor | None = None,
     gathered: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sum each token's K sorted rows: rows_padded (M+1, D), last row zero -> (N, D).
+    """Each token's weighted sum of its K sorted rows: rows_padded (M+1, D), last row zero.
 
-    ``gathered`` (N*K, D), optional, receives the gathered rows (a reusable buffer, K > 1).
+    ``y[n] = sum_k weights[n, k] * rows_padded[inverse[n*K + k]]``, or the plain sum of the K
+    rows when ``weights`` is None (what the input gradient needs). Differentiable.
+    ``gathered`` (N*K, D), optional, receives the gathered rows (a reusable buffer).
+
+    Shape: rows_padded (M+1, D), inverse (N*K,), weights (N, K) -> (N, D)
     """
     if gathered is None:
         gathered = rows_padded.index_select(0, inverse)  # (N*K, D)
     else:
         torch.index_select(rows_padded, 0, inverse, out=gathered)
-    if top_k == 1:
-        return gathered
-    return gathered.view(-1, top_k, rows_padded.shape[1]).sum(dim=1)  # (N, K, D) -> (N, D)
+    slots = gathered.view(-1, top_k, rows_padded.shape[1])  # (N*K, D) -> (N, K, D)
+    # K strided (multiply-)adds: cheaper than (slots * weights[..., None]).sum(1), which makes
+    # an (N, K, D) temporary and reduces over a middle dimension
+    if weights is None:
+        if top_k == 1:
+            return gathered
+        y = torch.add(slots[:, 0], slots[:, 1])  # (N, D)
+        for k in range(2, top_k):
+            y += slots[:, k]
+        return y
+    y = torch.mul(slots[:, 0], weights[:, 0:1])  # (N, D) * (N, 1)
+    for k in range(1, top_k):
+        y.addcmul_(slots[:, k], weights[:, k : k + 1])
+    return y

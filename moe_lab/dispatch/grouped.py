@@ -74,7 +74,6 @@ def dispatch_grouped(
     gate = _grouped(rows, experts.w_gate, ends) if experts.w_gate is not None else None
     hidden = experts.hidden(gate, up)  # (M, F)
     out = _grouped(hidden, experts.w_down, ends)  # (M, D)
-    weighted = out * order.weights.to(x.dtype).unsqueeze(-1)  # (M, D)
-    weighted = torch.cat([weighted, weighted.new_zeros(1, x.shape[1])])  # (M+1, D)
-    y = combine_sorted(weighted, order.inverse, routing.indices.shape[1])  # (N, D)
+    out = torch.cat([out, out.new_zeros(1, x.shape[1])])  # (M+1, D): row M for dropped slots
+    y = combine_sorted(out, order.inverse, routing.indices.shape[1], routing.weights.to(x.dtype))
     return DispatchOutput(y=y, dropped=dropped)

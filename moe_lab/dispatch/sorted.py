@@ -81,15 +81,17 @@ def _matmul_into(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: 
 class SortedExpertsFunction(torch.autograd.Function):
     """y[n] = sum_k w[n,k] expert_{i[n,k]}(x[n]) over rows sorted by expert, with a hand backward.
 
-    Shape: x (N, D), token_index (M,), weights (M,), inverse (N*K,), w_gate/w_up (E, D, F),
-    w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts. ``pool`` (a
-    ``BufferPool``) supplies every large buffer. The forward keeps what the backward needs
+    Shape: x (N, D), token_index (M,), slot_index (M,), weights (N, K), inverse (N*K,),
+    w_gate/w_up (E, D, F), w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts.
+    ``pool`` (a ``BufferPool``) supplies every large buffer. The forward keeps what the backward needs
     (the gate and up projections, the activation and the hidden layer: what autograd would
     keep for a dense SwiGLU), so the backward recomputes nothing.
     """
 
     @staticmethod
-    def forward(ctx, x, token_index, weights, inverse, top_k, w_gate, w_up, w_down, offsets, pool):
+    def forward(
+        ctx, x, token_index, slot_index, weights, inverse, w_gate, w_up, w_down, offsets, pool
+    ):
         n_rows, d_model, d_expert = token_index.shape[0], x.shape[1], w_up.shape[-1]
 
         def buffer(name, *shape):
@@ -101,7 +103,7 @@ class SortedExpertsFunction(torch.autograd.Function):
         gate = buffer("gate", n_rows, d_expert) if swiglu else None  # (M, F)
         act = buffer("act", n_rows, d_expert) if swiglu else None  # (M, F): silu(gate)
         hidden = buffer("hidden", n_rows, d_expert)  # (M, F): input of the down projection
-        out = buffer("out", n_rows, d_model)  # (M, D): unweighted expert outputs
+        out = buffer("out", n_rows + 1, d_model)  # (M+1, D): expert outputs, unweighted
         # per-expert views made by one operator each (split/unbind), not one slice per expert
         w_up_e, w_down_e = w_up.unbind(0), w_down.unbind(0)  # E x (D, F), E x (F, D)
         w_gate_e = w_gate.unbind(0) if swiglu else None
@@ -121,25 +123,23 @@ class SortedExpertsFunction(torch.autograd.Function):
                 _gelu(up[start:end], out=hidden[start:end])
             for i, (expert, _, _, _) in enumerate(segments):
                 torch.mm(hidden_p[i], w_down_e[expert], out=out_p[i])  # (rows, F) @ (F, D)
-        weighted = buffer("weighted", n_rows + 1, d_model)  # (M+1, D), last row: dropped slots
-        torch.mul(out, weights.unsqueeze(-1), out=weighted[:n_rows])
-        weighted[n_rows].zero_()
-        gathered = buffer("gathered", inverse.shape[0], d_model) if top_k > 1 else None
-        y = combine_sorted(weighted, inverse, top_k, gathered)  # (N, D)
-        ctx.save_for_backward(
-            rows, token_index, weights, inverse, w_gate, w_up, w_down, gate, act, up, hidden, out
-        )
-        ctx.offsets, ctx.top_k, ctx.pool = offsets, top_k, pool
+        out[n_rows].zero_()  # row M: what dropped slots read
+        top_k = weights.shape[1]
+        gathered = buffer("gathered", inverse.shape[0], d_model)  # (N*K, D)
+        y = combine_sorted(out, inverse, top_k, weights, gathered)  # (N, D)
+        saved = (rows, token_index, slot_index, weights, inverse, w_gate, w_up, w_down)
+        ctx.save_for_backward(*saved, gate, act, up, hidden, out)
+        ctx.offsets, ctx.pool = offsets, pool
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        (rows, token_index, weights, inverse, w_gate, w_up, w_down) = ctx.saved_tensors[:7]
-        gate, act, up, hidden, out = ctx.saved_tensors[7:]
-        need_x, _, need_weights, _, _, need_gate, need_up, need_down, _, _ = ctx.needs_input_grad
+        rows, token_index, slot_index, weights, inverse = ctx.saved_tensors[:5]
+        w_gate, w_up, w_down, gate, act, up, hidden, out = ctx.saved_tensors[5:]
+        need_x, _, _, need_weights, _, need_gate, need_up, need_down, _, _ = ctx.needs_input_grad
         n_rows, d_model = rows.shape
-        d_expert = up.shape[1]
+        d_expert, top_k = up.shape[1], weights.shape[1]
 
         def buffer(name, *shape):
             return ctx.pool.empty(name, shape, rows.dtype, rows.device)
@@ -147,11 +147,14 @@ class SortedExpertsFunction(torch.autograd.Function):
         def weight_grad(name, weight, needed):  # (E, D, F) or (E, F, D)
             return buffer(name, *weight.shape) if weight is not None and needed else None
 
-        grad_out = torch.index_select(  # (M, D): dL/d(weighted row)
+        grad_out = torch.index_select(  # (M, D): dL/dy of each sorted row's token
             grad_y.contiguous(), 0, token_index, out=buffer("grad_out", n_rows, d_model)
         )
-        grad_weights = (grad_out * out).sum(-1) if need_weights else None  # (M,)
-        grad_out.mul_(weights.unsqueeze(-1))  # (M, D): dL/d(expert output row)
+        grad_weights = None
+        if need_weights:  # dL/dw[n, k] = <dL/dy[n], out[row of slot (n, k)]>, 0 where dropped
+            per_row = torch.cat([(grad_out * out[:n_rows]).sum(-1), grad_out.new_zeros(1)])
+            grad_weights = per_row.index_select(0, inverse).view(weights.shape)  # (N, K)
+        grad_out.mul_(weights.reshape(-1).index_select(0, slot_index).unsqueeze(-1))  # (M, D)
         grad_w_gate = weight_grad("grad_w_gate", w_gate, need_gate)
         grad_w_up = weight_grad("grad_w_up", w_up, need_up)
         grad_w_down = weight_grad("grad_w_down", w_down, need_down)
@@ -209,10 +212,10 @@ class SortedExpertsFunction(torch.autograd.Function):
         grad_x = None
         if grad_rows is not None:
             grad_rows[n_rows].zero_()
-            gathered = buffer("grad_gathered", inverse.shape[0], d_model) if ctx.top_k > 1 else None
-            grad_x = combine_sorted(grad_rows, inverse, ctx.top_k, gathered)  # (N, D)
+            gathered = buffer("grad_gathered", inverse.shape[0], d_model) if top_k > 1 else None
+            grad_x = combine_sorted(grad_rows, inverse, top_k, None, gathered)  # (N, D)
         weight_grads = (grad_w_gate, grad_w_up, grad_w_down)
-        return (grad_x, None, grad_weights, None, None, *weight_grads, None, None)
+        return (grad_x, None, None, grad_weights, None, *weight_grads, None, None)
 
 
 def dispatch_sorted(
@@ -232,9 +235,9 @@ def dispatch_sorted(
     y = SortedExpertsFunction.apply(
         x,
         order.token_index,
-        order.weights.to(x.dtype),
+        order.slot_index,
+        routing.weights.to(x.dtype),
         order.inverse,
-        routing.indices.shape[1],
         experts.w_gate,
         experts.w_up,
         experts.w_down,
