@@ -1,7 +1,7 @@
 """Dropless dispatch by sorting (the megablocks idea without block-sparse kernels).
 
 Sort the kept assignments by expert, gather their rows once, run each expert's GEMMs on its
-contiguous slice of rows, scale by the combine weights, and un-sort with one gather.
+contiguous slice of rows, and un-sort with one gather that also applies the combine weights.
 
 The autograd graph is written by hand (``SortedExpertsFunction``) because on the CPU the
 obvious autograd version loses most of its time outside the matrix products:
