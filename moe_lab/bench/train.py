@@ -161,7 +161,6 @@ def run(args: argparse.Namespace) -> dict:
         "presets": {"moe": args.moe_preset, "dense": args.dense_preset},
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
-        "expert_width": moe_config.moe.d_expert,
         "ffn_widths": {"moe_d_expert": moe_config.moe.d_expert, "dense_d_ff": dense_config.d_ff},
         "steps_per_block": args.steps,
         "repeats": args.repeats,

@@ -139,7 +139,8 @@ def combine_sorted(
 
     ``y[n] = sum_k weights[n, k] * rows_padded[inverse[n*K + k]]``, or the plain sum of the K
     rows when ``weights`` is None (what the input gradient needs). Differentiable.
-    ``gathered`` (N*K, D), optional, receives the gathered rows (a reusable buffer).
+    ``gathered`` (N*K, D), optional, receives the gathered rows (a reusable buffer); with
+    ``weights`` None and K = 1 it is itself the result, so pass a buffer only for K > 1 there.
 
     Shape: rows_padded (M+1, D), inverse (N*K,), weights (N, K) -> (N, D)
     """

@@ -83,9 +83,9 @@ class SortedExpertsFunction(torch.autograd.Function):
 
     Shape: x (N, D), token_index (M,), slot_index (M,), weights (N, K), inverse (N*K,),
     w_gate/w_up (E, D, F), w_down (E, F, D) -> y (N, D). ``w_gate`` is None for GELU experts.
-    ``pool`` (a ``BufferPool``) supplies every large buffer. The forward keeps what the backward needs
-    (the gate and up projections, the activation and the hidden layer: what autograd would
-    keep for a dense SwiGLU), so the backward recomputes nothing.
+    ``pool`` (a ``BufferPool``) supplies every large buffer. The forward keeps what the
+    backward needs (the gate and up projections, the activation and the hidden layer: what
+    autograd would keep for a dense SwiGLU), so the backward recomputes nothing.
     """
 
     @staticmethod
