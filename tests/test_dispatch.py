@@ -84,12 +84,13 @@ def test_backend_equals_naive(backend, router, n_experts, top_k, shared, activat
         assert_grad_close(grads[name], ref_grad, name)
 
 
+@pytest.mark.parametrize("backend", ["sorted", "sorted_python"])
 @pytest.mark.parametrize("block_rows", [100, None])
-def test_backends_agree_on_a_larger_batch_with_empty_experts(monkeypatch, block_rows):
+def test_backends_agree_on_a_larger_batch_with_empty_experts(monkeypatch, block_rows, backend):
     # Many rows per expert and two experts that receive nothing; with 100-row blocks every expert
     # spans several blocks and most blocks hold the end of one expert and the start of the next.
     if block_rows is not None:
-        monkeypatch.setattr(sorted_dispatch, "BLOCK_BYTES", block_rows * 24 * 4)  # F=24, float32
+        monkeypatch.setattr(common, "BLOCK_BYTES", block_rows * 24 * 4)  # F=24, float32
     cfg = MoEConfig(d_model=16, d_expert=24, n_experts=6, top_k=2)
     layer = MoELayer(cfg)
     with torch.no_grad():
@@ -97,7 +98,7 @@ def test_backends_agree_on_a_larger_batch_with_empty_experts(monkeypatch, block_
     x = torch.randn(1300, 16) + 1.0
     ref, ref_grads = run_backend(layer, "naive", x, None)
     assert ref.tokens_per_expert[4:].tolist() == [0, 0]
-    out, grads = run_backend(layer, "sorted", x, None)
+    out, grads = run_backend(layer, backend, x, None)
     torch.testing.assert_close(out.y, ref.y, rtol=1e-5, atol=1e-5)
     for name in ref_grads:
         assert_grad_close(grads[name], ref_grads[name], name)

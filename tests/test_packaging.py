@@ -2,7 +2,9 @@
 
 import re
 import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,3 +59,18 @@ def test_default_run_excludes_gpu_and_includes_notebooks():
     assert "-m 'not gpu'" in ini["addopts"] and "--nbval-lax" in ini["addopts"]
     assert "notebooks" in ini["testpaths"]
     assert {m.split(":")[0] for m in ini["markers"]} == {"gpu", "slow", "distributed"}
+
+
+def test_wheel_ships_the_cpp_kernel_source(tmp_path):
+    # moe_lab.cpp_kernels compiles moe_lab/csrc/*.cpp at run time: a non-editable install needs
+    # the source inside the package
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*pip_wheel, "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("moe_lab-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "moe_lab/csrc/sorted_experts.cpp" in names
+    assert "moe_lab/cpp_kernels.py" in names

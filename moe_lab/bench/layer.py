@@ -65,7 +65,7 @@ NAIVE_MAX_EXPERTS = 8  # the reference loop's backward costs O(E^2) memory traff
 
 
 def backends_to_time(include_naive: bool) -> list[str]:
-    names = ["sorted"]
+    names = ["sorted", "sorted_python"]  # on the CPU: the C++ kernels, then their Python twin
     if grouped_mm_available():
         names.append("grouped")
     if include_naive:

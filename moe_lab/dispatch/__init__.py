@@ -10,7 +10,9 @@ A ``capacity`` makes any backend drop the over-capacity assignments by the same 
 
     naive     readable loop over experts: the reference
     capacity  GShard/Switch: fixed (E, C, D) buffer, three bmm's, drops over capacity
-    sorted    dropless: sort by expert, one gather, per-expert GEMMs, index_add (fast on CPU)
+    sorted    dropless: sort by expert, one gather, per-expert GEMMs, one weighted un-sort;
+              on the CPU its forward and backward run in C++ (moe_lab/csrc), experts in parallel
+    sorted_python  the same in Python, one operator call at a time: the C++ kernels' reference
     grouped   sorted layout + torch's grouped GEMM (one kernel on Hopper GPUs)
 
 Taught in: notebooks/02_routing.ipynb; the full ladder in notebook 07.
@@ -24,7 +26,7 @@ from moe_lab.dispatch.capacity import dispatch_capacity
 from moe_lab.dispatch.common import DispatchOutput, capacity_queue, kept_assignments
 from moe_lab.dispatch.grouped import dispatch_grouped, grouped_mm_available
 from moe_lab.dispatch.naive import dispatch_naive
-from moe_lab.dispatch.sorted import dispatch_sorted
+from moe_lab.dispatch.sorted import dispatch_sorted, dispatch_sorted_python
 
 Backend = Callable[..., DispatchOutput]
 
@@ -32,6 +34,7 @@ BACKENDS: dict[str, Backend] = {
     "naive": dispatch_naive,
     "capacity": dispatch_capacity,
     "sorted": dispatch_sorted,
+    "sorted_python": dispatch_sorted_python,
     "grouped": dispatch_grouped,
 }
 
@@ -54,6 +57,7 @@ __all__ = [
     "dispatch_grouped",
     "dispatch_naive",
     "dispatch_sorted",
+    "dispatch_sorted_python",
     "get_backend",
     "grouped_mm_available",
     "kept_assignments",

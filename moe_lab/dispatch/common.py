@@ -10,6 +10,14 @@ import torch
 from moe_lab.config import DROP_POLICIES
 from moe_lab.routers import RoutingResult
 
+BLOCK_BYTES = 2 * 2**20  # one (rows, F) temporary per block: about an L2 cache or two
+
+
+def block_rows_for(d_expert: int, itemsize: int) -> int:
+    """Rows per block of the sorted backward: a (rows, F) temporary of about ``BLOCK_BYTES``
+    (512 rows at F=1024), at least 64."""
+    return max(64, BLOCK_BYTES // (d_expert * itemsize))
+
 
 @dataclass
 class DispatchOutput:

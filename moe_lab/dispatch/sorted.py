@@ -18,6 +18,11 @@ obvious autograd version loses most of its time outside the matrix products:
     page-faulting fresh memory in every call; an MoE layer's weight gradients alone are E
     times a dense layer's (see ``moe_lab.buffers``).
 
+On CPU float32/float64 tensors ``dispatch_sorted`` runs this Function's C++ twin
+(``moe_lab/csrc/sorted_experts.cpp`` via ``sorted_cpp``): the same steps in one operator call per
+direction, the experts in parallel. This file is the readable version and the twin's test
+reference; ``dispatch_sorted_python`` (backend ``sorted_python``) always runs it.
+
 Reference: Gale et al. 2022, "MegaBlocks: Efficient Sparse Training with Mixture-of-Experts".
 """
 
@@ -27,24 +32,19 @@ import torch
 
 from moe_lab.dispatch.common import (
     DispatchOutput,
+    block_rows_for,
     combine_sorted,
     kept_assignments,
     sort_by_expert,
 )
+from moe_lab.dispatch.sorted_cpp import SortedExpertsCppFunction, cpp_kernels_apply
 from moe_lab.experts import StackedExperts
 from moe_lab.routers import RoutingResult
-
-BLOCK_BYTES = 2 * 2**20  # one (rows, F) temporary per block: about an L2 cache or two
 
 _silu = torch.ops.aten.silu.out
 _gelu = torch.ops.aten.gelu.out
 _silu_backward = torch.ops.aten.silu_backward.grad_input
 _gelu_backward = torch.ops.aten.gelu_backward.grad_input
-
-
-def block_rows_for(d_expert: int, itemsize: int) -> int:
-    """Rows per block: a (rows, F) temporary of about ``BLOCK_BYTES`` (512 rows at F=1024)."""
-    return max(64, BLOCK_BYTES // (d_expert * itemsize))
 
 
 def row_blocks(offsets: list[int], block_rows: int):
@@ -224,15 +224,24 @@ def dispatch_sorted(
     experts: StackedExperts,
     capacity: int | None = None,
     drop_policy: str = "position",
+    engine: str = "auto",
 ) -> DispatchOutput:
     """Dropless sort-by-expert dispatch (drops only if a ``capacity`` is given).
 
+    ``engine``: ``"python"`` runs ``SortedExpertsFunction`` (readable, any device and dtype);
+    ``"auto"`` runs its C++ twin on CPU float32/float64 when ``moe_lab.cpp_kernels`` could
+    build it (see ``moe_lab.dispatch.sorted_cpp``), the Python version otherwise.
+
     Shape: x (N, D) -> y (N, D)
     """
+    if engine not in ("auto", "python"):
+        raise ValueError(f"engine={engine!r} is unknown: choose 'auto' or 'python'")
     keep, dropped = kept_assignments(routing, capacity, drop_policy)  # (N, K) each
     # dropless token choice keeps every slot: skip the filter (and its host sync)
     order = sort_by_expert(routing, None if capacity is None and routing.mask is None else keep)
-    y = SortedExpertsFunction.apply(
+    use_cpp = engine == "auto" and cpp_kernels_apply(x)
+    function = SortedExpertsCppFunction if use_cpp else SortedExpertsFunction
+    y = function.apply(
         x,
         order.token_index,
         order.slot_index,
@@ -245,3 +254,14 @@ def dispatch_sorted(
         experts.scratch,
     )
     return DispatchOutput(y=y, dropped=dropped)
+
+
+def dispatch_sorted_python(
+    x: torch.Tensor,
+    routing: RoutingResult,
+    experts: StackedExperts,
+    capacity: int | None = None,
+    drop_policy: str = "position",
+) -> DispatchOutput:
+    """``dispatch_sorted`` always in its readable Python version (the C++ kernels' reference)."""
+    return dispatch_sorted(x, routing, experts, capacity, drop_policy, engine="python")
