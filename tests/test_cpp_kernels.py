@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from moe_lab import MoEConfig, MoELayer, cpp_kernels
 from moe_lab.dispatch import dispatch_sorted
@@ -156,3 +157,34 @@ def test_missing_compiler_warns_once_and_is_remembered(fresh_state, monkeypatch)
     monkeypatch.delenv("CXX")
     with pytest.warns(RuntimeWarning, match="an earlier build failed: delete"):
         assert not cpp_kernels.load_kernels()
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "gelu"])
+@pytest.mark.parametrize(
+    "need", [("x", "weights", "w_gate", "w_up", "w_down"), ("x",), ("w_down",), ("weights",)]
+)
+def test_flop_counter_counts_every_expert_product(activation, need):
+    # Counted by hand, with M = N*K = 180 sorted rows and one product = 2*M*D*F FLOPs. Forward:
+    # P products (gate, up, down for SwiGLU: P = 3; up, down for GELU: P = 2). Backward: dL/dh =
+    # dL/dout @ w_down^T always; P - 1 more for dL/dx (one per input projection); one per
+    # weight gradient asked for. (Not compared with the Python version under the counter:
+    # torch 2.13's FlopCounterMode has no formula for the in-place addmm_ that version uses
+    # to add the gate's share of dL/dx, so it under-counts it.)
+    experts = StackedExperts(6, 16, 24, activation)
+    x, logits, indices = routed_inputs(90, 6, 2, 16, torch.float32, seed=4)
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        probs = logits.softmax(-1)
+        routing = RoutingResult(indices, probs.gather(-1, indices), probs, logits)
+        dispatch_sorted(x, routing, experts)
+    with FlopCounterMode(display=False) as training:
+        run("auto", experts, x, logits, indices, None, need)
+    product = 2 * 180 * 16 * 24
+    projections = 3 if activation == "swiglu" else 2
+    weight_grads = sum(
+        name in need for name in ("w_gate", "w_up", "w_down") if getattr(experts, name) is not None
+    )
+    backward = 1 + ("x" in need) * (projections - 1) + weight_grads
+    if need == ("weights",):  # dL/dw[n, k] = <dL/dy[n], expert output>: no product at all
+        backward = 0
+    assert forward.get_total_flops() == product * projections
+    assert training.get_total_flops() == product * (projections + backward)

@@ -218,7 +218,11 @@ std::vector<Tensor> sorted_experts_backward(
   Tensor grad_w_gate = grad_w_gate_buf.value_or(Tensor());
   Tensor grad_w_up = grad_w_up_buf.value_or(Tensor());
   Tensor grad_w_down = grad_w_down_buf.value_or(Tensor());
-  const std::vector<int64_t> experts = busy_experts(offsets);
+  // only the combine weights' gradient asked for: the experts' backward is not needed
+  const bool expert_grads = need_x || grad_w_gate.defined() || grad_w_up.defined() ||
+                            grad_w_down.defined();
+  const std::vector<int64_t> experts = expert_grads ? busy_experts(offsets)
+                                                    : std::vector<int64_t>();
   for_each_task(static_cast<int64_t>(experts.size()), [&](int64_t task) {
 #ifdef _OPENMP
     const int64_t thread = omp_in_parallel() ? omp_get_thread_num() : 0;
@@ -277,7 +281,11 @@ std::vector<Tensor> sorted_experts_backward(
       combine<scalar_t>(grad_rows, inverse, Tensor(), top_k, grad_x);
     });
   }
-  return {grad_x, grad_weights, grad_w_gate, grad_w_up, grad_w_down};
+  // what was not asked for comes back empty (a list of tensors cannot hold "none")
+  std::vector<Tensor> grads = {grad_x, grad_weights, grad_w_gate, grad_w_up, grad_w_down};
+  for (Tensor& grad : grads)
+    if (!grad.defined()) grad = at::empty({0}, rows.options());
+  return grads;
 }
 
 bool built_with_openmp() {
@@ -290,21 +298,9 @@ bool built_with_openmp() {
 
 }  // namespace
 
-TORCH_LIBRARY(moe_lab, m) {
-  m.def(
-      "sorted_experts_forward(Tensor x, Tensor token_index, Tensor weights, Tensor inverse, "
-      "Tensor? w_gate, Tensor w_up, Tensor w_down, int[] offsets, Tensor(a!) rows, "
-      "Tensor(b!)? gate, Tensor(c!)? act, Tensor(d!) up, Tensor(e!) hidden, Tensor(f!) out) "
-      "-> Tensor");
-  m.def(
-      "sorted_experts_backward(Tensor grad_y, Tensor rows, Tensor token_index, "
-      "Tensor slot_index, Tensor weights, Tensor inverse, Tensor? w_gate, Tensor w_up, "
-      "Tensor w_down, Tensor? gate, Tensor? act, Tensor up, Tensor hidden, Tensor out, "
-      "int[] offsets, bool need_x, bool need_weights, Tensor(a!)? grad_w_gate, "
-      "Tensor(b!)? grad_w_up, Tensor(c!)? grad_w_down, Tensor(d!) grad_out, "
-      "Tensor(e!) grad_rows, Tensor(f!) scratch) -> Tensor[]");
-  m.def("built_with_openmp() -> bool", &built_with_openmp);
-}
+// The two operators' schemas are defined in Python (moe_lab/dispatch/sorted_cpp.py), so that
+// they exist, with their FLOP formulas, before this library is built; it adds their CPU kernels.
+TORCH_LIBRARY_FRAGMENT(moe_lab, m) { m.def("built_with_openmp() -> bool", &built_with_openmp); }
 
 TORCH_LIBRARY_IMPL(moe_lab, CPU, m) {
   m.impl("sorted_experts_forward", &sorted_experts_forward);

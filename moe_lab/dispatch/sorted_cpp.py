@@ -12,11 +12,56 @@ Taught in: notebooks/02_routing.ipynb.
 from __future__ import annotations
 
 import torch
+from torch.utils import flop_counter
 
 from moe_lab.cpp_kernels import load_kernels
 from moe_lab.dispatch.common import block_rows_for
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+# The operators' schemas (their C++ kernels: moe_lab/csrc/sorted_experts.cpp, same argument
+# order). Defined here, at import, so that FlopCounterMode knows them before any kernel is built.
+_LIBRARY = torch.library.Library("moe_lab", "FRAGMENT")
+_LIBRARY.define(
+    "sorted_experts_forward(Tensor x, Tensor token_index, Tensor weights, Tensor inverse, "
+    "Tensor? w_gate, Tensor w_up, Tensor w_down, int[] offsets, Tensor(a!) rows, "
+    "Tensor(b!)? gate, Tensor(c!)? act, Tensor(d!) up, Tensor(e!) hidden, Tensor(f!) out) "
+    "-> Tensor"
+)
+_LIBRARY.define(
+    "sorted_experts_backward(Tensor grad_y, Tensor rows, Tensor token_index, "
+    "Tensor slot_index, Tensor weights, Tensor inverse, Tensor? w_gate, Tensor w_up, "
+    "Tensor w_down, Tensor? gate, Tensor? act, Tensor up, Tensor hidden, Tensor out, "
+    "int[] offsets, bool need_x, bool need_weights, Tensor(a!)? grad_w_gate, "
+    "Tensor(b!)? grad_w_up, Tensor(c!)? grad_w_down, Tensor(d!) grad_out, "
+    "Tensor(e!) grad_rows, Tensor(f!) scratch) -> Tensor[]"
+)
+
+
+# FlopCounterMode sees operators, not what runs inside them: without these formulas it would
+# count the experts as zero FLOPs. They count the products the Python version issues
+# (tests/test_cpp_kernels.py checks that), 2 FLOPs per multiply-add; arguments are shapes.
+@flop_counter.register_flop_formula(torch.ops.moe_lab.sorted_experts_forward)
+def _forward_flops(x, token_index, weights, inverse, w_gate, w_up, *args, **kwargs) -> int:
+    n_rows, d_model, d_expert = token_index[0], x[1], w_up[-1]
+    projections = 3 if w_gate is not None else 2  # (gate,) up, down
+    return 2 * n_rows * d_model * d_expert * projections
+
+
+@flop_counter.register_flop_formula(torch.ops.moe_lab.sorted_experts_backward)
+def _backward_flops(
+    grad_y, rows, token_index, slot_index, weights, inverse, w_gate, w_up, w_down,
+    gate, act, up, hidden, out, offsets, need_x, need_weights,
+    grad_w_gate, grad_w_up, grad_w_down, *args, **kwargs,
+) -> int:  # fmt: skip
+    product = 2 * rows[0] * rows[1] * up[1]  # one (M, D) x (D, F) product or its transpose
+    weight_grads = sum(grad is not None for grad in (grad_w_gate, grad_w_up, grad_w_down))
+    if not need_x and weight_grads == 0:
+        return 0  # only the combine weights' gradient: dot products, no matrix product
+    products = 1  # dL/d(hidden) = dL/d(out) @ w_down^T
+    products += need_x * (2 if w_gate is not None else 1)  # dL/d(rows)
+    return product * (products + weight_grads)
 
 
 def cpp_kernels_apply(x: torch.Tensor) -> bool:
@@ -85,5 +130,15 @@ class SortedExpertsCppFunction(torch.autograd.Function):
                 scratch,
             )
         )  # fmt: skip
-        weight_grads = (grad_w_gate, grad_w_up, grad_w_down)
+        # the operator returns an empty tensor for each gradient it was not asked for
+        grad_x = grad_x if need_x else None
+        grad_weights = grad_weights if need_weights else None
+        weight_grads = tuple(
+            grad if weight is not None and needed else None
+            for grad, weight, needed in (
+                (grad_w_gate, w_gate, need_gate),
+                (grad_w_up, w_up, need_up),
+                (grad_w_down, w_down, need_down),
+            )
+        )
         return (grad_x, None, None, grad_weights, None, *weight_grads, None, None)
