@@ -126,7 +126,8 @@ def test_function_saves_what_the_python_version_saves():
 
 @pytest.fixture
 def fresh_state(monkeypatch, tmp_path):
-    """A process state that has not tried to load yet, and an empty cache."""
+    """A process state that has not tried to load yet, and an empty cache. (Tests using it
+    must not build successfully: a second library cannot register the same operators.)"""
     monkeypatch.setattr(cpp_kernels, "_STATE", cpp_kernels.KernelState())
     monkeypatch.setenv(cpp_kernels.CACHE_VARIABLE, str(tmp_path))
     return tmp_path
@@ -152,9 +153,9 @@ def test_missing_compiler_warns_once_and_is_remembered(fresh_state, monkeypatch)
     failed = sorted(fresh_state.rglob("*.failed"))
     assert len(failed) == 2  # with and without OpenMP, each remembered for other processes
 
-    # another process (a fresh state) skips the build and says how to retry
+    # another process (a fresh state) does not call the compiler again, and says how to retry
     monkeypatch.setattr(cpp_kernels, "_STATE", cpp_kernels.KernelState())
-    monkeypatch.delenv("CXX")
+    monkeypatch.setattr(cpp_kernels, "_build", None)  # calling it would raise a TypeError
     with pytest.warns(RuntimeWarning, match="an earlier build failed: delete"):
         assert not cpp_kernels.load_kernels()
 
@@ -188,3 +189,12 @@ def test_flop_counter_counts_every_expert_product(activation, need):
         backward = 0
     assert forward.get_total_flops() == product * projections
     assert training.get_total_flops() == product * (projections + backward)
+
+
+def test_unknown_engine_fails_loudly():
+    experts = StackedExperts(4, 8, 12)
+    x, logits, indices = routed_inputs(10, 4, 2, 8, torch.float32, seed=5)
+    probs = logits.softmax(-1)
+    routing = RoutingResult(indices, probs.gather(-1, indices), probs, logits)
+    with pytest.raises(ValueError, match="engine='cuda' is unknown: choose 'auto' or 'python'"):
+        dispatch_sorted(x, routing, experts, engine="cuda")

@@ -1,5 +1,5 @@
 // The sorted backend's expert step in C++: one operator call for the forward, one for the
-// backward, instead of ~300 Python-issued operator calls per MoE layer and step.
+// backward, instead of hundreds of Python-issued operator calls per MoE layer and step.
 //
 // Same arithmetic as moe_lab/dispatch/sorted.py's SortedExpertsFunction (the readable
 // reference, which the tests compare this against), with two differences in how it runs:
@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <exception>
 #include <mutex>
-#include <numeric>
 #include <vector>
 
 #ifdef _OPENMP
