@@ -19,6 +19,26 @@ def block_rows_for(d_expert: int, itemsize: int) -> int:
     return max(64, BLOCK_BYTES // (d_expert * itemsize))
 
 
+def expert_step_buffers(pool, x: torch.Tensor, n_rows: int, d_expert: int, swiglu: bool):
+    """The sorted expert step's forward buffers from ``pool`` (a ``BufferPool``), uninitialized.
+
+    Returns rows (M, D); gate, act (M, F), None for GELU experts; up, hidden (M, F); out
+    (M+1, D), the experts' unweighted outputs, whose last row the step sets to zero.
+    """
+    d_model = x.shape[1]
+
+    def buffer(name, *shape):
+        return pool.empty(name, shape, x.dtype, x.device)
+
+    rows = buffer("rows", n_rows, d_model)  # (M, D): each sorted assignment's token
+    gate = buffer("gate", n_rows, d_expert) if swiglu else None  # (M, F)
+    act = buffer("act", n_rows, d_expert) if swiglu else None  # (M, F): silu(gate)
+    up = buffer("up", n_rows, d_expert)  # (M, F)
+    hidden = buffer("hidden", n_rows, d_expert)  # (M, F): input of the down projection
+    out = buffer("out", n_rows + 1, d_model)  # (M+1, D)
+    return rows, gate, act, up, hidden, out
+
+
 @dataclass
 class DispatchOutput:
     """y (N, D): the weighted sum of expert outputs; dropped (N, K) bool: assignments cut by

@@ -34,6 +34,7 @@ from moe_lab.dispatch.common import (
     DispatchOutput,
     block_rows_for,
     combine_sorted,
+    expert_step_buffers,
     kept_assignments,
     sort_by_expert,
 )
@@ -98,12 +99,8 @@ class SortedExpertsFunction(torch.autograd.Function):
             return pool.empty(name, shape, x.dtype, x.device)
 
         swiglu = w_gate is not None
-        rows = torch.index_select(x, 0, token_index, out=buffer("rows", n_rows, d_model))
-        up = buffer("up", n_rows, d_expert)  # (M, F)
-        gate = buffer("gate", n_rows, d_expert) if swiglu else None  # (M, F)
-        act = buffer("act", n_rows, d_expert) if swiglu else None  # (M, F): silu(gate)
-        hidden = buffer("hidden", n_rows, d_expert)  # (M, F): input of the down projection
-        out = buffer("out", n_rows + 1, d_model)  # (M+1, D): expert outputs, unweighted
+        rows, gate, act, up, hidden, out = expert_step_buffers(pool, x, n_rows, d_expert, swiglu)
+        torch.index_select(x, 0, token_index, out=rows)  # (M, D)
         # per-expert views made by one operator each (split/unbind), not one slice per expert
         w_up_e, w_down_e = w_up.unbind(0), w_down.unbind(0)  # E x (D, F), E x (F, D)
         w_gate_e = w_gate.unbind(0) if swiglu else None

@@ -15,7 +15,7 @@ import torch
 from torch.utils import flop_counter
 
 from moe_lab.cpp_kernels import load_kernels
-from moe_lab.dispatch.common import block_rows_for
+from moe_lab.dispatch.common import block_rows_for, expert_step_buffers
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -80,18 +80,9 @@ class SortedExpertsCppFunction(torch.autograd.Function):
     def forward(
         ctx, x, token_index, slot_index, weights, inverse, w_gate, w_up, w_down, offsets, pool
     ):
-        n_rows, d_model, d_expert = token_index.shape[0], x.shape[1], w_up.shape[-1]
-
-        def buffer(name, *shape):
-            return pool.empty(name, shape, x.dtype, x.device)
-
-        swiglu = w_gate is not None
-        rows = buffer("rows", n_rows, d_model)  # (M, D)
-        gate = buffer("gate", n_rows, d_expert) if swiglu else None  # (M, F)
-        act = buffer("act", n_rows, d_expert) if swiglu else None  # (M, F): silu(gate)
-        up = buffer("up", n_rows, d_expert)  # (M, F)
-        hidden = buffer("hidden", n_rows, d_expert)  # (M, F): input of the down projection
-        out = buffer("out", n_rows + 1, d_model)  # (M+1, D): expert outputs, last row zero
+        n_rows, d_expert = token_index.shape[0], w_up.shape[-1]
+        buffers = expert_step_buffers(pool, x, n_rows, d_expert, w_gate is not None)
+        rows, gate, act, up, hidden, out = buffers  # filled by the operator
         y = torch.ops.moe_lab.sorted_experts_forward(
             x, token_index, weights, inverse, w_gate, w_up, w_down, offsets,
             rows, gate, act, up, hidden, out,
