@@ -430,7 +430,7 @@ expert, gathering them, eight small matrix multiplies per projection instead of 
 counts ignore memory movement and per-call overhead, which dominate at this size. Issued from
 Python one operator at a time, that overhead cost 10 to 14 ms per step here (MoE / dense
 throughput 0.78-0.84 at one thread, 0.70-0.76 at two); `moe_lab`'s C++ expert step (one call per
-direction, experts in parallel) brought it to 5 to 7 ms (0.86-0.87 and 0.82-0.85;
+direction, experts in parallel) brought it to 5 to 7 ms (0.86-0.87 and 0.81-0.85;
 `python -m moe_lab.bench train`, results in `benchmarks/results/`). On a GPU with grouped GEMMs,
 and at larger widths, the overhead shrinks relative to the matrix multiplies.</details>
 
