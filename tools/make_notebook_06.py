@@ -379,9 +379,12 @@ vs_active = [m / a for m, a in zip(moe_t, active_t)]
 vs_total = [m / t for m, t in zip(moe_t, total_t)]
 print("MoE / dense-same-active:", " ".join(f"{r:5.1f}" for r in vs_active))
 print("MoE / dense-same-total: ", " ".join(f"{r:5.2f}" for r in vs_total))
-# Never faster than the dense layer with the same active parameters: same FLOPs, plus routing
-# and dispatch, plus the weights of every expert the batch touches.
-assert all(r > 1 for r in vs_active)
+# Up to 128 tokens, well slower than the dense layer with the same active parameters: same
+# FLOPs, plus routing and dispatch, plus the weights of every expert the batch touches. (This
+# machine measured 2.2x to 6x there.) At the largest batches the two come close: not asserted.
+small = [r for n, r in zip(batches, vs_active) if n <= 128]
+assert all(r > 1.5 for r in small)
+print(f"at {batches[-1]} tokens the MoE takes {vs_active[-1]:.2f}x the dense-same-active time")
 # With a large batch the 8x fewer FLOPs win against the dense layer of the same total size.
 assert vs_total[-1] < 1
 # The routing model: a batch of 16 tokens already touches about 14.1 of the 16 experts.
@@ -390,14 +393,21 @@ print(f"measured distinct experts at B=16: {touched_measured[batches.index(16)]}
 """)
 
 md(r"""
-**What the measurement says.** The MoE layer is never faster than the dense layer with the same
-*active* parameters: it does the same expert FLOPs plus routing, sorting and gathering, and reads
-the weights of every expert some token chose. Against the dense layer with the same *total*
+**What the measurement says.** With small batches the MoE layer is several times slower than the
+dense layer with the same *active* parameters: it does the same expert FLOPs plus routing,
+sorting and gathering, and reads the weights of every expert some token chose. As the batch grows
+that overhead is spread over more tokens, and at 1024 tokens the two come within about 10% (this
+machine measured 1.02 to 1.12 over several runs, so not asserted). It cannot do less arithmetic
+than the dense layer, but wall-clock time is more than arithmetic: at 4096 tokens
+`python -m moe_lab.bench layer` measured the MoE layer 1.28 times *faster* than its
+same-active dense layer, forward and backward, because the dense layer's large temporaries are
+fresh memory in every call while the MoE reuses its buffers
+(`benchmarks/results/layer-cpu-20261123T221612Z.json`; notebook 02, section 9). Against the dense layer with the same *total*
 parameters it wins once the batch is large enough for its FLOP savings to outweigh that overhead;
 with only a few tokens the outcome depends on the machine, because a small batch is bound by the
 weights it reads, not by FLOPs, and the right panel shows that 16 tokens already touch most of the
 16 experts. "MoE is faster" holds at equal *total* size and large batches; at equal *active* size
-it is never faster, only better for the same compute.
+it does the same work plus routing, and its gain is quality for the same compute, not speed.
 
 ## 8. Decode economics at scale
 
@@ -554,7 +564,9 @@ FLOPs (section 5).</details>
 6. When is an MoE layer faster than a dense layer?
 <details><summary>Answer</summary>Than a dense layer of the same total size: at batches large
 enough for its fewer FLOPs to beat its routing overhead. Than a dense layer with the same active
-parameters: never; the MoE's gain is quality per FLOP, not speed (section 7).</details>
+parameters: not by doing less work (same FLOPs, plus routing). At large batches the two come
+close, and effects outside the arithmetic, such as memory allocation, can tip the wall-clock
+either way (section 7); the MoE's gain is quality per FLOP, not speed.</details>
 
 7. Why does DeepSeek-V3 use 256 narrow experts and not 16 wide ones?
 <details><summary>Answer</summary>Same parameters and FLOPs, vastly more expert combinations per
