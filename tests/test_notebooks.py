@@ -74,3 +74,52 @@ def test_checker_catches_outputs_and_widget_state(tmp_path: Path) -> None:
     clean.cells = [nbformat.v4.new_markdown_cell("x" * MAX_BYTES)]
     nbformat.write(clean, big)
     assert any("bytes" in p for p in notebook_problems(big))
+
+
+def _sync_tool(notebook_dir: Path):
+    """tools/sync_notebooks.py, pointed at ``notebook_dir``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "sync_notebooks", NOTEBOOK_DIR.parent / "tools" / "sync_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.NOTEBOOK_DIR = notebook_dir
+    return module
+
+
+def test_every_notebook_has_one_text_source() -> None:
+    sources = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    assert [p.stem for p in sources] == [p.stem for p in NOTEBOOKS]
+
+
+def test_sync_tool_catches_each_way_a_pair_drifts(tmp_path: Path) -> None:
+    source = tmp_path / "01_demo.py"
+    source.write_text(
+        '# %% [markdown]\n# # Demo\n\n# %%\nx = 1 + 1\n\n# %% tags=["solution"]\nassert x == 2\n'
+    )
+    sync = _sync_tool(tmp_path)
+    assert sync.main([]) == 0  # writes the .ipynb
+    ipynb = source.with_suffix(".ipynb")
+    notebook = nbformat.read(ipynb, as_version=4)
+    assert [c.cell_type for c in notebook.cells] == ["markdown", "code", "code"]
+    assert notebook.cells[2].metadata["tags"] == ["solution"]  # cell metadata survives
+    assert notebook_problems(ipynb) == []
+    assert sync.main(["--check"]) == 0
+
+    # an edit made in the .ipynb only (a JupyterLab without Jupytext) is caught ...
+    notebook.cells[1].source = "x = 2 + 2"
+    notebook.cells[1].outputs = [nbformat.v4.new_output("stream", text="out")]
+    nbformat.write(notebook, ipynb)
+    assert sync.pair_problems(source)[0].startswith("01_demo.ipynb differs from 01_demo.py")
+    assert sync.main(["--check"]) == 1
+    # ... and taken into the source on request, outputs dropped
+    assert sync.main(["--from-ipynb", str(ipynb)]) == 0
+    assert "x = 2 + 2" in source.read_text()
+    assert notebook_problems(ipynb) == []
+    assert sync.main(["--check"]) == 0
+
+    # an .ipynb without a source is an orphan
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "02_orphan.ipynb")
+    assert sync.main(["--check"]) == 1

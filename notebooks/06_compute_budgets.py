@@ -1,39 +1,33 @@
-"""Generate notebooks/06_compute_budgets.ipynb (the one generator for it), without outputs.
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-Usage:
-    python tools/make_notebook_06.py          # write the notebook
-    python tools/make_notebook_06.py --check  # exit 1 if the committed notebook differs
-"""
+# %% [markdown]
+# # 06 · Compute budgets: what the parameter counts of MoE models mean
+#
+# **After this notebook you can** count the total and active parameters of any published MoE model
+# from its `config.json` and reproduce its model card; say which counting convention each lab uses;
+# separate the FLOPs that scale with active parameters from those that grow with context; size the
+# memory of weights, optimizer state and KV cache; and explain, from a measurement on this machine,
+# when an MoE layer is faster than a dense one and when it is not.
+#
+# **Time:** about 30 minutes. The notebook runs in well under a minute on 2 CPU cores.
+#
+# Everything below calls `moe_lab.budget`; the one from-scratch computation (Mixtral by hand) is
+# checked against it. Four myths get measured: "Mixtral 8x7B has 56B parameters", "active
+# parameters are the FLOPs, and everyone counts them alike", "MoE saves memory", "MoE is faster".
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-from notebook_builder import NotebookBuilder
-
-PATH = Path(__file__).resolve().parents[1] / "notebooks" / "06_compute_budgets.ipynb"
-builder = NotebookBuilder(PATH)
-md, code = builder.md, builder.code
-
-
-md(r"""
-# 06 · Compute budgets: what the parameter counts of MoE models mean
-
-**After this notebook you can** count the total and active parameters of any published MoE model
-from its `config.json` and reproduce its model card; say which counting convention each lab uses;
-separate the FLOPs that scale with active parameters from those that grow with context; size the
-memory of weights, optimizer state and KV cache; and explain, from a measurement on this machine,
-when an MoE layer is faster than a dense one and when it is not.
-
-**Time:** about 30 minutes. The notebook runs in well under a minute on 2 CPU cores.
-
-Everything below calls `moe_lab.budget`; the one from-scratch computation (Mixtral by hand) is
-checked against it. Four myths get measured: "Mixtral 8x7B has 56B parameters", "active
-parameters are the FLOPs, and everyone counts them alike", "MoE saves memory", "MoE is faster".
-""")
-
-code(r"""
+# %%
 import math
 import platform
 import statistics
@@ -68,19 +62,17 @@ from moe_lab.budget import (
 torch.manual_seed(0)
 print(f"python {platform.python_version()}, torch {torch.__version__}, plotly {plotly.__version__}")
 B_ = 1e9  # parameters per "B"
-""")
 
-md(r"""
-## 1. Total vs active parameters, by hand
+# %% [markdown]
+# ## 1. Total vs active parameters, by hand
+#
+# Mixtral 8x7B's `config.json` (Hugging Face `mistralai/Mixtral-8x7B-v0.1`) has everything we need:
+# width D = 4096, 32 blocks, 32 query heads and 8 key/value heads of width 128, 8 experts of width
+# F = 14336 with 2 chosen per token, a 32000-token vocabulary, untied embedding and LM head.
+# Each block holds: attention (q and o are D x 4096, k and v are D x 1024), a router (8 x D), 8
+# SwiGLU experts (3 matrices of D x F each) and two RMSNorms (D each).
 
-Mixtral 8x7B's `config.json` (Hugging Face `mistralai/Mixtral-8x7B-v0.1`) has everything we need:
-width D = 4096, 32 blocks, 32 query heads and 8 key/value heads of width 128, 8 experts of width
-F = 14336 with 2 chosen per token, a 32000-token vocabulary, untied embedding and LM head.
-Each block holds: attention (q and o are D x 4096, k and v are D x 1024), a router (8 x D), 8
-SwiGLU experts (3 matrices of D x F each) and two RMSNorms (D each).
-""")
-
-code(r"""
+# %%
 cfg = PRESETS["Mixtral-8x7B"].config
 D, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
 E, K, F = cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["intermediate_size"]
@@ -96,50 +88,45 @@ embedding = lm_head = V * D
 total_by_hand = L * (attention + E * one_expert + router + norms) + D + embedding + lm_head
 active_by_hand = L * (attention + K * one_expert + router + norms) + D + embedding + lm_head
 print(f"total  {total_by_hand / B_:.2f}B   active {active_by_hand / B_:.2f}B per token")
-""")
 
-md("The library computes the same numbers from the same config, component by component:")
+# %% [markdown]
+# The library computes the same numbers from the same config, component by component:
 
-code(r"""
+# %%
 mixtral = PRESETS["Mixtral-8x7B"].counts()
 assert mixtral.total() == total_by_hand and mixtral.active() == active_by_hand
 for name, n in mixtral.total_breakdown().items():
     if n:
         print(f"{name:>16}: {n / B_:7.3f}B  ({n / mixtral.total():6.2%})")
-""")
 
-md(r"""
-## 2. Where the "8 x 7B = 56B" intuition fails
+# %% [markdown]
+# ## 2. Where the "8 x 7B = 56B" intuition fails
+#
+# "8x7B" reads as eight 7B models. But only the FFN is replicated: attention, embeddings, head and
+# norms exist once and are shared by all eight experts. A Mixtral with one expert is a dense model
+# of the 7B class; eight of those would hold 7 extra copies of everything shared.
 
-"8x7B" reads as eight 7B models. But only the FFN is replicated: attention, embeddings, head and
-norms exist once and are shared by all eight experts. A Mixtral with one expert is a dense model
-of the 7B class; eight of those would hold 7 extra copies of everything shared.
-""")
-
-code(r"""
+# %%
 one_expert_cfg = {**cfg, "num_local_experts": 1, "num_experts_per_tok": 1}
 dense_7b = count_parameters(from_hf_config(one_expert_cfg)).total()
 shared = mixtral.total() - mixtral.routed_experts - mixtral.router
 print(f"one-expert Mixtral: {dense_7b / B_:.2f}B;  8 of them: {8 * dense_7b / B_:.1f}B")
 print(f"Mixtral 8x7B:       {mixtral.total() / B_:.1f}B;  shared parts: {shared / B_:.2f}B")
-""")
 
-code(r"""
+# %%
 assert 8 * dense_7b > 56 * B_ > mixtral.total()
 assert 8 * dense_7b - mixtral.total() == 7 * shared  # the over-count is exactly 7 copies of the shared parts
 assert abs(mixtral.total() / (46.7 * B_) - 1) < 0.01  # Mistral's blog: 46.7B total
-""")
 
-md(r"""
-## 3. The calculator on published models
+# %% [markdown]
+# ## 3. The calculator on published models
+#
+# `moe_lab.budget.PRESETS` holds fifteen published MoE models: the architecture fields of their
+# `config.json` and the total and active counts their model cards, papers or release posts give, each
+# with its source (see `moe_lab/budget/presets.py`). The calculator reads each config with
+# `from_hf_config` and counts under the lab's convention (next section).
 
-`moe_lab.budget.PRESETS` holds fifteen published MoE models: the architecture fields of their
-`config.json` and the total and active counts their model cards, papers or release posts give, each
-with its source (see `moe_lab/budget/presets.py`). The calculator reads each config with
-`from_hf_config` and counts under the lab's convention (next section).
-""")
-
-code(r"""
+# %%
 assert len(PRESETS) == 15
 rows = []
 for name, preset in PRESETS.items():
@@ -149,16 +136,14 @@ for name, preset in PRESETS.items():
     rows.append((name, preset.total.value, total, preset.active.value, active))
     print(f"{name:>18}: total {total / B_:7.2f}B (card {preset.total.value / B_:6.1f}B)"
           f"   active {active / B_:6.2f}B (card {preset.active.value / B_:5.1f}B)")
-""")
 
-md(r"""
-All fifteen agree within 1% (2% where the card gives one or two significant digits;
-DeepSeek-V2-Lite's "2.4B" is 2.45B truncated, see its preset). The course's tiny models from
-notebook 04 go on the same chart: their counts come from the same calculator, and
-`tests/test_budget.py` checks that they equal the parameters of the instantiated `TinyLM`.
-""")
+# %% [markdown]
+# All fifteen agree within 1% (2% where the card gives one or two significant digits;
+# DeepSeek-V2-Lite's "2.4B" is 2.45B truncated, see its preset). The course's tiny models from
+# notebook 04 go on the same chart: their counts come from the same calculator, and
+# `tests/test_budget.py` checks that they equal the parameters of the instantiated `TinyLM`.
 
-code(r"""
+# %%
 tiny = {name: count_parameters(from_model_config(c)) for name, c in moe_lab.model.PRESETS.items()}
 fig = go.Figure()
 fig.add_trace(go.Scatter(
@@ -178,25 +163,22 @@ fig.update_layout(title="Total vs active parameters", xaxis_title="total paramet
 fig.update_xaxes(type="log")
 fig.update_yaxes(type="log")
 fig.show()
-""")
 
-code(r"""
+# %%
 # Dense models lie on the diagonal; the further below it, the sparser.
 assert all(c.total() == c.active() for n, c in tiny.items() if "dense" in n)
 sparsest = min(rows, key=lambda r: r[4] / r[2])
 print(f"sparsest: {sparsest[0]}, active/total = {sparsest[4] / sparsest[2]:.3f}")
-""")
 
-md(r"""
-## 4. Counting conventions: "active" is not one number
+# %% [markdown]
+# ## 4. Counting conventions: "active" is not one number
+#
+# The input embedding is a table lookup: it reads one row and multiplies nothing. The LM head is a
+# real D x V matmul. Labs differ on what "active" includes, and DeepSeek-V3's repository ships a
+# multi-token-prediction (MTP) module that its 671B leaves out. Below, each model's active count
+# under three conventions, and whether it reproduces the published figure.
 
-The input embedding is a table lookup: it reads one row and multiplies nothing. The LM head is a
-real D x V matmul. Labs differ on what "active" includes, and DeepSeek-V3's repository ships a
-multi-token-prediction (MTP) module that its 671B leaves out. Below, each model's active count
-under three conventions, and whether it reproduces the published figure.
-""")
-
-code(r"""
+# %%
 conventions = {"emb+head": ALL_IN, "head only": NO_EMBEDDING, "neither": NON_EMBEDDING}
 header = f"{'model':>18} {'card':>7} " + " ".join(f"{k:>12}" for k in conventions)
 print(header)
@@ -212,20 +194,18 @@ for name, preset in PRESETS.items():
         cells.append(f"{a / B_:9.2f}B{'*' if ok else ' '} ")
     print(f"{name:>18} {preset.active.value / B_:6.1f}B " + " ".join(cells))
 print("* = reproduces the card")
-""")
 
-md(r"""
-Published to three digits, Mixtral's 12.9B, Qwen1.5-MoE's 2.7B and gpt-oss's 3.6B/5.1B each fit
-exactly one convention: Mistral and Qwen count the embedding, OpenAI counts the unembedding but not
-the embedding. DeepSeek-V2-Lite's 2.4B fits only "head, no embedding", and one revision of
-DeepSeek-V3's README_WEIGHTS.md says so: "36.6B (including 0.9B for the output Head)" (another
-revision says "36.7B including 0.9B for Embedding and 0.9B for the output Head", which the shapes
-do not support: with both matrices the count is 37.55B). Rounded figures ("39B", "37B", "36B",
-"6.6B") often fit two conventions; `LAB_CONVENTIONS` records the one the lab's other numbers
-support, and says so where nothing does (Databricks, Microsoft).
-""")
+# %% [markdown]
+# Published to three digits, Mixtral's 12.9B, Qwen1.5-MoE's 2.7B and gpt-oss's 3.6B/5.1B each fit
+# exactly one convention: Mistral and Qwen count the embedding, OpenAI counts the unembedding but not
+# the embedding. DeepSeek-V2-Lite's 2.4B fits only "head, no embedding", and one revision of
+# DeepSeek-V3's README_WEIGHTS.md says so: "36.6B (including 0.9B for the output Head)" (another
+# revision says "36.7B including 0.9B for Embedding and 0.9B for the output Head", which the shapes
+# do not support: with both matrices the count is 37.55B). Rounded figures ("39B", "37B", "36B",
+# "6.6B") often fit two conventions; `LAB_CONVENTIONS` records the one the lab's other numbers
+# support, and says so where nothing does (Databricks, Microsoft).
 
-code(r"""
+# %%
 assert agreeing["Mixtral-8x7B"] == ["emb+head"]
 assert agreeing["Qwen1.5-MoE-A2.7B"] == ["emb+head"]
 assert agreeing["gpt-oss-20b"] == agreeing["gpt-oss-120b"] == ["head only"]
@@ -234,25 +214,22 @@ v3 = PRESETS["DeepSeek-V3"].counts()
 assert abs(v3.active(NO_EMBEDDING) / (36.6 * B_) - 1) < 0.01
 for lab, conv in LAB_CONVENTIONS.items():
     print(f"{lab:>12}: {conv.name}")
-""")
 
-code(r"""
+# %%
 with_mtp = v3.total(PRESETS["DeepSeek-V3"].convention) + v3.mtp
 print(f"DeepSeek-V3: main model {v3.total() / B_:.1f}B, MTP module {v3.mtp / B_:.2f}B,"
       f" both {with_mtp / B_:.1f}B")
 assert abs(v3.total() / (671 * B_) - 1) < 0.01 and abs(v3.mtp / (11.5 * B_) - 1) < 0.01
-""")
 
-md(r"""
-## 5. FLOPs: active parameters are not the whole cost
+# %% [markdown]
+# ## 5. FLOPs: active parameters are not the whole cost
+#
+# A matmul costs 2 FLOPs per weight per token, so the projections cost 2 x (active parameters
+# without the embedding lookup and the few norm weights). But attention also multiplies queries by every cached key, and
+# probabilities by every value: 2·H·(d_qk + d_v) FLOPs per key per block, with no parameters at all.
+# That term grows with the context and ignores sparsity.
 
-A matmul costs 2 FLOPs per weight per token, so the projections cost 2 x (active parameters
-without the embedding lookup and the few norm weights). But attention also multiplies queries by every cached key, and
-probabilities by every value: 2·H·(d_qk + d_v) FLOPs per key per block, with no parameters at all.
-That term grows with the context and ignores sparsity.
-""")
-
-code(r"""
+# %%
 contexts = [1, 4096, 32768, 131072]
 for name in ["Mixtral-8x7B", "Qwen3-30B-A3B", "DeepSeek-V3"]:
     spec = PRESETS[name].spec()
@@ -260,9 +237,8 @@ for name in ["Mixtral-8x7B", "Qwen3-30B-A3B", "DeepSeek-V3"]:
     shares = ", ".join(f"{n:>6}: {f.total / 1e9:6.1f} GF ({f.attention_scores / f.total:4.0%} scores)"
                        for n, f in zip(contexts, parts))
     print(f"{name:>14}  {shares}")
-""")
 
-code(r"""
+# %%
 qwen = PRESETS["Qwen3-30B-A3B"]
 f1, f32k = (forward_flops_per_token(qwen.spec(), n) for n in (1, 32768))
 # At one key the forward pass is exactly 2 x the active matrix weights: the active count without
@@ -271,23 +247,21 @@ q = qwen.counts()
 assert f1.total - f1.attention_scores == 2 * (q.active(NO_EMBEDDING) - q.norms)
 # ...at 32K tokens of context the score term costs more than all the routed experts.
 assert f32k.attention_scores > f32k.routed_experts
-""")
 
-md(r"""
-With 32K tokens of context, Qwen3-30B-A3B spends more forward FLOPs on attention scores than on
-all its routed experts together: "3B active" describes the weights, not the compute, of a
-long-context token. (Training costs 3x the forward: `training_flops_per_token`.)
+# %% [markdown]
+# With 32K tokens of context, Qwen3-30B-A3B spends more forward FLOPs on attention scores than on
+# all its routed experts together: "3B active" describes the weights, not the compute, of a
+# long-context token. (Training costs 3x the forward: `training_flops_per_token`.)
+#
+# ## 6. Memory: the whole model must be resident
+#
+# Any token can be routed to any expert, so every expert must be in memory (or be paged in, at a
+# latency cost). Memory follows the *total*. Training with mixed-precision Adam holds 16 bytes per
+# parameter (ZeRO, Rajbhandari et al. 2020: bf16 weights and gradients, fp32 master weights and two
+# moments). The KV cache depends on attention, not on experts: DeepSeek's MLA caches a 576-wide
+# latent per token and block where Mixtral's GQA caches 2 x 8 x 128 = 2048 values.
 
-## 6. Memory: the whole model must be resident
-
-Any token can be routed to any expert, so every expert must be in memory (or be paged in, at a
-latency cost). Memory follows the *total*. Training with mixed-precision Adam holds 16 bytes per
-parameter (ZeRO, Rajbhandari et al. 2020: bf16 weights and gradients, fp32 master weights and two
-moments). The KV cache depends on attention, not on experts: DeepSeek's MLA caches a 576-wide
-latent per token and block where Mixtral's GQA caches 2 x 8 x 128 = 2048 values.
-""")
-
-code(r"""
+# %%
 GB = 1e9
 names = ["Mixtral-8x7B", "Qwen3-30B-A3B", "gpt-oss-120b", "DeepSeek-V3"]
 print(f"{'model':>14} {'bf16':>8} {'fp8':>8} {'int4':>8} {'Adam train':>11} {'KV 32K bf16':>12}")
@@ -302,9 +276,8 @@ for name in names:
     m = memory[name]
     print(f"{name:>14} {m['bf16'] / GB:7.1f}G {m['fp8'] / GB:7.1f}G {m['int4'] / GB:7.1f}G"
           f" {m['train'] / GB:10.0f}G {m['kv'] / GB:11.2f}G")
-""")
 
-code(r"""
+# %%
 mix = memory["Mixtral-8x7B"]
 # Mixtral in bf16 does not fit one 80 GB accelerator; a dense model with its 12.9B active
 # parameters would take 25.8 GB, under a third of Mixtral's 93 GB.
@@ -312,18 +285,16 @@ assert mix["bf16"] > 80 * GB and 3 * 12.9e9 * 2 < mix["bf16"]
 assert mix["train"] == 16 * mixtral.total()
 # Per token of context, MLA's cache (61 blocks x 576) is smaller than Mixtral's (32 x 2048).
 assert kv_cache_bytes(PRESETS["DeepSeek-V3"].spec(), 1) < kv_cache_bytes(PRESETS["Mixtral-8x7B"].spec(), 1)
-""")
 
-md(r"""
-## 7. Latency against batch size, measured here
+# %% [markdown]
+# ## 7. Latency against batch size, measured here
+#
+# Three layers built from `moe_lab`: an `MoELayer` with E = 16 experts of width F = 256, top-2; a
+# `DenseFFN` with the same **active** parameters (width K·F = 512); a `DenseFFN` with the same
+# **total** parameters (width E·F = 4096). We time each on token batches from 1 to 1024, one
+# thread, interleaving the three in every repetition and taking the median of 7.
 
-Three layers built from `moe_lab`: an `MoELayer` with E = 16 experts of width F = 256, top-2; a
-`DenseFFN` with the same **active** parameters (width K·F = 512); a `DenseFFN` with the same
-**total** parameters (width E·F = 4096). We time each on token batches from 1 to 1024, one
-thread, interleaving the three in every repetition and taking the median of 7.
-""")
-
-code(r"""
+# %%
 THREADS = torch.get_num_threads()
 torch.set_num_threads(1)  # steadier timings on a shared machine
 D_MODEL, F_EXPERT, N_EXPERTS, TOP_K = 256, 256, 16, 2
@@ -353,9 +324,8 @@ with torch.inference_mode():
 torch.set_num_threads(THREADS)
 for name, ts in latency.items():
     print(f"{name:>20}: " + " ".join(f"{t * 1e3:7.2f}" for t in ts) + "  ms")
-""")
 
-code(r"""
+# %%
 touched_model = [expected_experts_touched(N_EXPERTS, TOP_K, n) for n in batches]
 fig = make_subplots(rows=1, cols=2, subplot_titles=(
     "latency per call (median of 7)", "experts touched by the batch"))
@@ -371,9 +341,8 @@ fig.update_yaxes(type="log", title_text="ms", row=1, col=1)
 fig.update_yaxes(title_text="distinct experts", row=1, col=2)
 fig.update_layout(height=430)
 fig.show()
-""")
 
-code(r"""
+# %%
 moe_t, active_t, total_t = (latency[k] for k in layers)
 vs_active = [m / a for m, a in zip(moe_t, active_t)]
 vs_total = [m / t for m, t in zip(moe_t, total_t)]
@@ -390,33 +359,31 @@ assert vs_total[-1] < 1
 # The routing model: a batch of 16 tokens already touches about 14.1 of the 16 experts.
 assert abs(expected_experts_touched(16, 2, 16) - 14.1) < 0.05
 print(f"measured distinct experts at B=16: {touched_measured[batches.index(16)]}")
-""")
 
-md(r"""
-**What the measurement says.** With small batches the MoE layer is several times slower than the
-dense layer with the same *active* parameters: it does the same expert FLOPs plus routing,
-sorting and gathering, and reads the weights of every expert some token chose. As the batch grows
-that overhead is spread over more tokens, and at 1024 tokens the two come within about 10% (this
-machine measured 1.02 to 1.12 over several runs, so not asserted). It cannot do less arithmetic
-than the dense layer, but wall-clock time is more than arithmetic: at 4096 tokens
-`python -m moe_lab.bench layer` measured the MoE layer 1.28 times *faster* than its
-same-active dense layer, forward and backward, because the dense layer's large temporaries are
-fresh memory in every call while the MoE reuses its buffers
-(`benchmarks/results/layer-cpu-20261123T221612Z.json`; notebook 02, section 9). Against the dense layer with the same *total*
-parameters it wins once the batch is large enough for its FLOP savings to outweigh that overhead;
-with only a few tokens the outcome depends on the machine, because a small batch is bound by the
-weights it reads, not by FLOPs, and the right panel shows that 16 tokens already touch most of the
-16 experts. "MoE is faster" holds at equal *total* size and large batches; at equal *active* size
-it does the same work plus routing, and its gain is quality for the same compute, not speed.
+# %% [markdown]
+# **What the measurement says.** With small batches the MoE layer is several times slower than the
+# dense layer with the same *active* parameters: it does the same expert FLOPs plus routing,
+# sorting and gathering, and reads the weights of every expert some token chose. As the batch grows
+# that overhead is spread over more tokens, and at 1024 tokens the two come within about 10% (this
+# machine measured 1.02 to 1.12 over several runs, so not asserted). It cannot do less arithmetic
+# than the dense layer, but wall-clock time is more than arithmetic: at 4096 tokens
+# `python -m moe_lab.bench layer` measured the MoE layer 1.28 times *faster* than its
+# same-active dense layer, forward and backward, because the dense layer's large temporaries are
+# fresh memory in every call while the MoE reuses its buffers
+# (`benchmarks/results/layer-cpu-20261123T221612Z.json`; notebook 02, section 9). Against the dense layer with the same *total*
+# parameters it wins once the batch is large enough for its FLOP savings to outweigh that overhead;
+# with only a few tokens the outcome depends on the machine, because a small batch is bound by the
+# weights it reads, not by FLOPs, and the right panel shows that 16 tokens already touch most of the
+# 16 experts. "MoE is faster" holds at equal *total* size and large batches; at equal *active* size
+# it does the same work plus routing, and its gain is quality for the same compute, not speed.
+#
+# ## 8. Decode economics at scale
+#
+# Decoding one token per sequence reads weights once per step for the whole batch. The bytes an MoE
+# step reads move from its active parameters (B = 1) to its total (large B); the FLOPs per token stay
+# active. Expert parallelism adds two all-to-alls per MoE block per step.
 
-## 8. Decode economics at scale
-
-Decoding one token per sequence reads weights once per step for the whole batch. The bytes an MoE
-step reads move from its active parameters (B = 1) to its total (large B); the FLOPs per token stay
-active. Expert parallelism adds two all-to-alls per MoE block per step.
-""")
-
-code(r"""
+# %%
 decode_batches = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 fig = go.Figure()
 for name in ["Mixtral-8x7B", "DeepSeek-V3", "gpt-oss-120b"]:
@@ -428,9 +395,8 @@ fig.update_xaxes(type="log", title_text="sequences decoded together (B)")
 fig.update_yaxes(type="log", title_text="GB of weights read per generated token")
 fig.update_layout(title="Weight bytes per token while decoding (bf16, no KV cache)", height=420)
 fig.show()
-""")
 
-code(r"""
+# %%
 v3_spec = PRESETS["DeepSeek-V3"].spec()
 one = decode_step_bytes(v3_spec, 1)
 # One sequence: the step reads the active weights (no embedding table, one row of it).
@@ -441,17 +407,15 @@ a2a = all_to_all_bytes(v3_spec, n_tokens=4096, world_size=64)
 print(f"all-to-all per MoE block, 4096 tokens over 64 ranks: {a2a['total'] / 1e6:.0f} MB"
       f" ({a2a['per_rank'] / 1e6:.1f} MB per rank), x{v3_spec.n_moe_layers} blocks per step")
 assert a2a["dispatch"] == 4096 * 8 * 7168 * 2 * 63 / 64
-""")
 
-md(r"""
-## 9. Why MoE pays off less for small models
+# %% [markdown]
+# ## 9. Why MoE pays off less for small models
+#
+# Routing, sorting and gathering cost O(N·D) memory traffic per layer while the expert matmuls cost
+# O(N·D·F) FLOPs: the narrower the experts, the larger the overhead relative to the useful work. We
+# measure the MoE / same-active ratio at a large batch for a small and a larger layer:
 
-Routing, sorting and gathering cost O(N·D) memory traffic per layer while the expert matmuls cost
-O(N·D·F) FLOPs: the narrower the experts, the larger the overhead relative to the useful work. We
-measure the MoE / same-active ratio at a large batch for a small and a larger layer:
-""")
-
-code(r"""
+# %%
 torch.set_num_threads(1)
 overhead = {}
 with torch.inference_mode():
@@ -469,19 +433,17 @@ with torch.inference_mode():
 torch.set_num_threads(THREADS)
 print({f"D=F={w}": f"MoE is {r:.1f}x the dense-same-active time" for w, r in overhead.items()})
 assert overhead[32] > overhead[256]
-""")
 
-md(r"""
-The parts MoE cannot sparsify also weigh more in small models: the embedding and LM head (a
-150K-token vocabulary costs 2 x 0.3B parameters at D = 2048), attention, and a fixed per-token LM
-head matmul. And served with small batches, any MoE is in the regime of section 7 where it reads
-most of its weights anyway. At research scale the picture is
-debated: Clark et al. 2022 (Unified Scaling Laws for Routed Language Models) found routing's gain
-shrinking as models grow, while Krajewski et al. 2024 (Scaling Laws for Fine-Grained MoE) found the
-gap to dense models widening once expert granularity is tuned.
-""")
+# %% [markdown]
+# The parts MoE cannot sparsify also weigh more in small models: the embedding and LM head (a
+# 150K-token vocabulary costs 2 x 0.3B parameters at D = 2048), attention, and a fixed per-token LM
+# head matmul. And served with small batches, any MoE is in the regime of section 7 where it reads
+# most of its weights anyway. At research scale the picture is
+# debated: Clark et al. 2022 (Unified Scaling Laws for Routed Language Models) found routing's gain
+# shrinking as models grow, while Krajewski et al. 2024 (Scaling Laws for Fine-Grained MoE) found the
+# gap to dense models widening once expert granularity is tuned.
 
-code(r"""
+# %%
 print(f"{'model':>18} {'embedding + head share of the total':>36}")
 share = {}
 for name in ["OLMoE-1B-7B", "Qwen1.5-MoE-A2.7B", "Qwen3-30B-A3B", "Mixtral-8x7B", "DeepSeek-V3"]:
@@ -489,20 +451,18 @@ for name in ["OLMoE-1B-7B", "Qwen1.5-MoE-A2.7B", "Qwen3-30B-A3B", "Mixtral-8x7B"
     share[name] = (c.embedding + c.lm_head) / c.total()
     print(f"{name:>18} {share[name]:36.2%}")
 assert share["OLMoE-1B-7B"] > 5 * share["DeepSeek-V3"]
-""")
 
-md(r"""
-## 10. Fine-grained vs coarse experts
+# %% [markdown]
+# ## 10. Fine-grained vs coarse experts
+#
+# DeepSeekMoE (Dai et al. 2024, arXiv:2401.06066) splits each expert into m narrower ones and routes
+# each token to m times more of them: the same parameters and FLOPs, far more combinations. Their
+# example: 16 experts with top-2 give C(16, 2) = 120 combinations; splitting each into 4 gives
+# C(64, 8) = 4,426,165,368. They report DeepSeekMoE 2B matching GShard 2.9B (1.5x the expert
+# parameters and computation), and DeepSeekMoE 16B matching LLaMA2 7B with about 40% of its
+# computation.
 
-DeepSeekMoE (Dai et al. 2024, arXiv:2401.06066) splits each expert into m narrower ones and routes
-each token to m times more of them: the same parameters and FLOPs, far more combinations. Their
-example: 16 experts with top-2 give C(16, 2) = 120 combinations; splitting each into 4 gives
-C(64, 8) = 4,426,165,368. They report DeepSeekMoE 2B matching GShard 2.9B (1.5x the expert
-parameters and computation), and DeepSeekMoE 16B matching LLaMA2 7B with about 40% of its
-computation.
-""")
-
-code(r"""
+# %%
 assert math.comb(16, 2) == 120 and math.comb(64, 8) == 4_426_165_368
 for name in ["Mixtral-8x7B", "DBRX", "Qwen3-30B-A3B", "DeepSeek-V3"]:
     moe = PRESETS[name].spec().moe
@@ -515,16 +475,14 @@ a, b = count_parameters(from_model_config(coarse)), count_parameters(from_model_
 assert a.routed_experts == b.routed_experts and a.active() - a.router == b.active() - b.router
 assert sum(p.numel() for p in moe_lab.model.TinyLM(fine).parameters()) == b.total()
 print(f"coarse C(8,2) = {math.comb(8, 2)}, fine C(32,8) = {math.comb(32, 8):,}")
-""")
 
-md(r"""
-## 11. Closing table: published vs computed
+# %% [markdown]
+# ## 11. Closing table: published vs computed
+#
+# Every preset, its lab's convention, the published figures and the calculator's, with the source of
+# each number in `moe_lab/budget/presets.py`.
 
-Every preset, its lab's convention, the published figures and the calculator's, with the source of
-each number in `moe_lab/budget/presets.py`.
-""")
-
-code(r"""
+# %%
 lines = ["| model | convention | total (card) | total (computed) | active (card) | active (computed) |",
          "|---|---|---|---|---|---|"]
 for name, preset in PRESETS.items():
@@ -534,47 +492,41 @@ for name, preset in PRESETS.items():
     lines.append(f"| {name} | {preset.convention.name} | {preset.total.value / B_:g}B | {t / B_:.2f}B"
                  f" | {preset.active.value / B_:g}B | {a / B_:.2f}B |")
 display(Markdown("\n".join(lines)))
-""")
 
-md(r"""
-## Check yourself
-
-1. Mixtral 8x7B: why is the total 46.7B and not 56B?
-<details><summary>Answer</summary>Only the FFN is replicated 8 times; attention, embeddings, LM head
-and norms are stored once and shared. Eight one-expert models would hold 7 extra copies of those
-(section 2).</details>
-
-2. DeepSeek-V3 reports 37B active, gpt-oss-120b 5.1B. Do both count the input embedding?
-<details><summary>Answer</summary>Neither does: both count the LM head but not the embedding lookup.
-Mistral and Qwen count both (section 4).</details>
-
-3. A model has 3B active parameters. Is a token's forward pass about 6 GFLOPs?
-<details><summary>Answer</summary>Only at short context. The attention score term has no parameters
-and grows with the number of cached keys: at 32K tokens it exceeds all of Qwen3-30B-A3B's expert
-FLOPs (section 5).</details>
-
-4. Does an MoE with 12.9B active parameters need the memory of a 12.9B dense model?
-<details><summary>Answer</summary>No: all experts must be resident, so weights follow the total
-(46.7B for Mixtral, 93 GB in bf16). Training with Adam needs 16 bytes per total parameter.</details>
-
-5. E = 64 experts, top-6, a decoding batch of 16 sequences: how many experts does a block read?
-<details><summary>Answer</summary>64 (1 - (1 - 6/64)^16) ≈ 50.8: most of them. Check with
-`expected_experts_touched(64, 6, 16)`.</details>
-
-6. When is an MoE layer faster than a dense layer?
-<details><summary>Answer</summary>Than a dense layer of the same total size: at batches large
-enough for its fewer FLOPs to beat its routing overhead. Than a dense layer with the same active
-parameters: not by doing less work (same FLOPs, plus routing). At large batches the two come
-close, and effects outside the arithmetic, such as memory allocation, can tip the wall-clock
-either way (section 7); the MoE's gain is quality per FLOP, not speed.</details>
-
-7. Why does DeepSeek-V3 use 256 narrow experts and not 16 wide ones?
-<details><summary>Answer</summary>Same parameters and FLOPs, vastly more expert combinations per
-token: C(256, 8) ≈ 4.1e14, against C(32, 1) = 32 for 32 experts 8 times as wide with top-1.
-DeepSeekMoE found the fine-grained split to specialize experts better.
-</details>
-""")
-
-
-if __name__ == "__main__":
-    sys.exit(builder.main())
+# %% [markdown]
+# ## Check yourself
+#
+# 1. Mixtral 8x7B: why is the total 46.7B and not 56B?
+# <details><summary>Answer</summary>Only the FFN is replicated 8 times; attention, embeddings, LM head
+# and norms are stored once and shared. Eight one-expert models would hold 7 extra copies of those
+# (section 2).</details>
+#
+# 2. DeepSeek-V3 reports 37B active, gpt-oss-120b 5.1B. Do both count the input embedding?
+# <details><summary>Answer</summary>Neither does: both count the LM head but not the embedding lookup.
+# Mistral and Qwen count both (section 4).</details>
+#
+# 3. A model has 3B active parameters. Is a token's forward pass about 6 GFLOPs?
+# <details><summary>Answer</summary>Only at short context. The attention score term has no parameters
+# and grows with the number of cached keys: at 32K tokens it exceeds all of Qwen3-30B-A3B's expert
+# FLOPs (section 5).</details>
+#
+# 4. Does an MoE with 12.9B active parameters need the memory of a 12.9B dense model?
+# <details><summary>Answer</summary>No: all experts must be resident, so weights follow the total
+# (46.7B for Mixtral, 93 GB in bf16). Training with Adam needs 16 bytes per total parameter.</details>
+#
+# 5. E = 64 experts, top-6, a decoding batch of 16 sequences: how many experts does a block read?
+# <details><summary>Answer</summary>64 (1 - (1 - 6/64)^16) ≈ 50.8: most of them. Check with
+# `expected_experts_touched(64, 6, 16)`.</details>
+#
+# 6. When is an MoE layer faster than a dense layer?
+# <details><summary>Answer</summary>Than a dense layer of the same total size: at batches large
+# enough for its fewer FLOPs to beat its routing overhead. Than a dense layer with the same active
+# parameters: not by doing less work (same FLOPs, plus routing). At large batches the two come
+# close, and effects outside the arithmetic, such as memory allocation, can tip the wall-clock
+# either way (section 7); the MoE's gain is quality per FLOP, not speed.</details>
+#
+# 7. Why does DeepSeek-V3 use 256 narrow experts and not 16 wide ones?
+# <details><summary>Answer</summary>Same parameters and FLOPs, vastly more expert combinations per
+# token: C(256, 8) ≈ 4.1e14, against C(32, 1) = 32 for 32 experts 8 times as wide with top-1.
+# DeepSeekMoE found the fine-grained split to specialize experts better.
+# </details>
