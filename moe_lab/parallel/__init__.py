@@ -18,8 +18,9 @@ Launch training on one machine with two processes (gloo on the CPU, NCCL on GPUs
 
 The README shows the same on several machines (torchrun's rendezvous flags).
 
-Reference: Lepikhin et al. 2020 (GShard); Fedus et al. 2021 (Switch Transformer), section 2.2;
-Rajbhandari et al. 2022 (DeepSpeed-MoE), section 5.
+Reference: Lepikhin et al. 2020 (GShard: experts sharded over devices, tokens moved by
+all-to-all); Fedus et al. 2021 (Switch Transformer), section 5.4 and Figure 9 (expert and data
+parallelism).
 
 Taught in: notebooks/07_gpu_and_scaling.ipynb.
 """

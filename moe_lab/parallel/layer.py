@@ -21,9 +21,10 @@ sums all-reduced over the ranks) and every gradient. The exchanges are different
 (``moe_lab.parallel.collectives``), so ``loss.backward()`` on every rank brings each expert the
 gradient from every rank's tokens.
 
-Reference: Lepikhin et al. 2020 (GShard), section 2.2 and Algorithm 1, and section 3 (the
-all-to-all dispatch); Fedus et al. 2021 (Switch Transformer), section 2.2 and Figure 3;
-Rajbhandari et al. 2022 (DeepSpeed-MoE), section 5 (expert parallelism with all-to-all).
+Reference: Lepikhin et al. 2020 (GShard: experts sharded over devices, tokens moved by
+all-to-all; capacity per group of tokens, section 2.2 and Algorithm 1); Fedus et al. 2021
+(Switch Transformer), section 5.4 and Figure 9 (expert and data parallelism); Qiu et al. 2025,
+"Demons in the Detail" (balancing loss from global-batch statistics, as here).
 
 Taught in: notebooks/07_gpu_and_scaling.ipynb.
 """
@@ -84,7 +85,8 @@ class ExpertParallelMoE(MoELayer):
     Each rank keeps E/W consecutive experts; the router and shared experts are replicated.
     Every rank must call ``forward`` (and ``backward``) together: they exchange tokens.
 
-    Reference: GShard (Lepikhin et al. 2020), sections 2.2-3; see the module docstring.
+    Reference: GShard (Lepikhin et al. 2020); Switch Transformer (Fedus et al. 2021), section
+    5.4; see the module docstring.
 
     Args:
         config: the layer's ``MoEConfig``, the same on every rank (checked). With a
@@ -239,8 +241,10 @@ class ExpertParallelMoE(MoELayer):
         send_counts = torch.tensor(order.counts, dtype=torch.long, device=flat.device)  # (E,)
         # [s, j]: copies rank s sends to local expert j (block s of what each rank sent)
         recv_table = exchange_counts(send_counts, group, log, timed).view(W, n_local)
+        # all_to_all_single takes its split sizes as Python lists, so the host waits for the
+        # counts (here and in the sort): the synchronization every dropless exchange pays
         send_splits = send_counts.view(W, n_local).sum(1).tolist()  # rows to each rank
-        recv_splits = recv_table.sum(1).tolist()  # rows from each rank (one host sync)
+        recv_splits = recv_table.sum(1).tolist()  # rows from each rank
         rows = flat.index_select(0, order.token_index)  # (M, D), M = N*K, by expert
         received = all_to_all(rows, send_splits, recv_splits, group, log, "dispatch", timed)
         # received (R, D): from rank 0 its rows for local experts 0..E/W-1 in order, then rank 1
@@ -293,7 +297,9 @@ class ExpertParallelMoE(MoELayer):
         added up by one differentiable all-reduce (float64, so the counts stay exact): the
         Switch loss needs the global f_i (assignment fractions) and P_i (mean probabilities),
         the z-loss the mean over all tokens, DeepSeek-V3's sequence loss the mean over all
-        sequences. A part whose weight is 0 is computed without an autograd graph.
+        sequences. A part whose weight is 0 is computed without an autograd graph. (Many
+        frameworks average per-rank losses instead; Qiu et al. 2025 found that the global-batch
+        statistics let experts specialize more, and Qwen3-MoE uses them.)
         """
         weights, grad = self.loss_weights(), torch.is_grad_enabled()
         n_tokens = routing.indices.shape[0]
