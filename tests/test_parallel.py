@@ -198,3 +198,12 @@ def test_cli_trains_and_resumes_under_expert_parallelism(results):
     model = load_model(Path(results["folder"]) / "cli")  # one file, every expert in it
     assert model.blocks[0].ffn.experts.w_up.shape[0] == model.config.moe.routed_experts
     assert torch.isfinite(model.token_embedding.weight).all()
+
+
+def test_backend_follows_the_device():
+    from moe_lab.parallel.group import backend_for
+
+    assert backend_for(torch.device("cpu")) == "gloo"
+    assert backend_for(torch.device("cuda", 0)) == "nccl"
+    with pytest.raises(ValueError, match="not on mps: choose --device cpu or cuda"):
+        backend_for(torch.device("mps"))
