@@ -42,7 +42,19 @@ def load_balancing_loss(
     n_experts = probs.shape[-1]
     fractions = assignment_fractions(indices, n_experts, mask)  # (E,), no gradient
     mean_probs = probs.float().mean(dim=0)  # (E,)
-    return n_experts * torch.sum(fractions * mean_probs)
+    return switch_loss(fractions, mean_probs)
+
+
+def switch_loss(fractions: torch.Tensor, mean_probs: torch.Tensor) -> torch.Tensor:
+    """``E * sum_i f_i * P_i`` from the two statistics (see ``load_balancing_loss``).
+
+    Both are means over the tokens of a batch, so a batch split over several processes gives
+    the same loss when each process contributes its counts and probability sums and they are
+    added up first (``moe_lab.parallel`` does that with one all-reduce).
+
+    Shape: fractions (E,), mean_probs (E,) -> scalar
+    """
+    return fractions.shape[-1] * torch.sum(fractions * mean_probs)
 
 
 def router_z_loss(logits: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
     moe-lab train --preset tiny-moe --steps 400 --out runs/moe
     moe-lab train --resume runs/moe            # continue an interrupted run exactly
+    torchrun --nproc-per-node 2 -m moe_lab.cli train --expert-parallel 2   # experts on 2 ranks
     moe-lab sample --checkpoint runs/moe --prompt "12+7="
     moe-lab presets
 
@@ -58,6 +59,12 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=DEVICES)
     train.add_argument("--text", metavar="FILE", help="train on a UTF-8 text file instead")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--expert-parallel",
+        type=_positive_int,
+        metavar="W",
+        help="shard the experts over W processes started by torchrun (README: Expert parallelism)",
+    )
 
     sample = commands.add_parser("sample", help="generate text from a checkpoint")
     sample.add_argument("--checkpoint", required=True, metavar="DIR")
@@ -78,16 +85,23 @@ def _writable_folder(path: Path) -> None:
         raise UsageError(f"--out {path} is a file, not a folder: choose a folder name")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".moe_lab_write_test"
+        probe = path / f".moe_lab_write_test_{os.getpid()}"  # one per process: ranks share it
         probe.write_text("")
         probe.unlink()
     except OSError as error:
         raise UsageError(f"cannot write to --out {path}: {error.strerror or error}") from None
 
 
+def _whole_model(trainer: Trainer) -> TinyLM:
+    """The trainer's model with every expert, for counting (on the meta device: no memory),
+    also when this process holds only its shard of the experts."""
+    with torch.device("meta"):
+        return TinyLM(trainer.model_config)
+
+
 def _summary(trainer: Trainer, out: Path) -> str:
     h: History = trainer.history
-    counts = trainer.model.parameter_counts()
+    counts = _whole_model(trainer).parameter_counts()
     lines = [
         f"trained {trainer.step} steps, {h.tokens[-1]:,} tokens in {h.wall_time[-1]:.1f} s"
         f" ({h.mean_tokens_per_second():,.0f} tokens/s)",
@@ -108,6 +122,11 @@ def _summary(trainer: Trainer, out: Path) -> str:
 
 
 def _train(args: argparse.Namespace) -> None:
+    trainer_class = Trainer
+    if args.expert_parallel is not None:  # joins torchrun's process group
+        from moe_lab.parallel.training import join_cli_run
+
+        trainer_class = join_cli_run(args.expert_parallel, args.device)
     if args.resume is not None:
         if args.preset is not None or args.steps is not None or args.text is not None:
             raise UsageError(
@@ -116,7 +135,7 @@ def _train(args: argparse.Namespace) -> None:
             )
         out = Path(args.out or args.resume)
         _writable_folder(out)
-        trainer = Trainer.load(args.resume)
+        trainer = trainer_class.load(args.resume)
     else:
         preset = args.preset or "tiny-moe"
         model_config = get_preset(preset)
@@ -136,10 +155,10 @@ def _train(args: argparse.Namespace) -> None:
         out = Path(args.out or Path("runs") / preset)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} is a file, not a folder: choose a folder name")
-        trainer = Trainer(model_config, train_config)  # fails early on unreadable data
+        trainer = trainer_class(model_config, train_config)  # fails early on unreadable data
         _writable_folder(out)
         print(f"moe-lab train: {preset} on {trainer.device}, {train_config.steps} steps")
-        trainer.model.summary()
+        _whole_model(trainer).summary()
     try:
         trainer.run(progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -197,3 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moe-lab {args.command}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":  # python -m moe_lab.cli (what torchrun -m runs on every rank)
+    raise SystemExit(main())

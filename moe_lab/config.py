@@ -67,6 +67,10 @@ class MoEConfig:
         drop_policy: which over-capacity assignments are dropped: ``"position"`` (all first
             choices before second choices, earlier tokens first) or ``"probability"`` (highest
             combine weight first; batch prioritized routing, Riquelme et al. 2021).
+        capacity_groups: G, GShard's local groups: the N tokens are split into G equal
+            contiguous groups, each with its own capacity C = ceil(cf * (N/G) * K / E) and its
+            own drop queue (Lepikhin et al. 2020, section 2.2). 1 (default) counts capacity over
+            the whole batch. Expert parallelism over W ranks drops per rank, which is G = W.
         aux_loss_weight: weight of the Switch/GShard load-balancing loss (0.01 in Switch).
         z_loss_weight: weight of the router z-loss (0.001 in ST-MoE).
         seq_aux_loss_weight: weight of DeepSeek-V3's sequence-wise balance loss (0.0001 there).
@@ -93,6 +97,7 @@ class MoEConfig:
     dispatch: str = "sorted"
     capacity_factor: float | None = None
     drop_policy: str = "position"
+    capacity_groups: int = 1
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 0.0
     seq_aux_loss_weight: float = 0.0
@@ -103,7 +108,9 @@ class MoEConfig:
     validate_inputs: bool = True
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, "d_model", "d_expert", "n_experts", "top_k", "expert_segments")
+        require_positive_ints(
+            self, "d_model", "d_expert", "n_experts", "top_k", "expert_segments", "capacity_groups"
+        )
         require(
             self.top_k <= self.n_experts,
             f"top_k={self.top_k} > n_experts={self.n_experts}: lower top_k or add experts",
@@ -154,6 +161,12 @@ class MoEConfig:
         require(
             self.dispatch != "capacity" or self.capacity_factor is not None,
             "dispatch='capacity' needs a capacity_factor (for example 1.25)",
+        )
+        require(
+            self.capacity_groups == 1
+            or (self.capacity_factor is not None and self.router != "expert_choice"),
+            f"capacity_groups={self.capacity_groups} splits token-choice capacity into groups:"
+            " set a capacity_factor and a token-choice router, or capacity_groups=1",
         )
         require(
             self.router != "expert_choice" or self.capacity_factor is not None,

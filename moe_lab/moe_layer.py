@@ -18,6 +18,7 @@ from moe_lab.balancing import (
 )
 from moe_lab.config import MoEConfig
 from moe_lab.dispatch import get_backend
+from moe_lab.dispatch.groups import dispatch_in_groups, group_size
 from moe_lab.experts import StackedExperts
 from moe_lab.ffn import DenseFFN
 from moe_lab.routers import RoutingResult, build_router
@@ -133,10 +134,12 @@ class MoELayer(nn.Module):
         batch_size = x.shape[0] if x.dim() == 3 else 1
         flat = x.reshape(-1, self.config.d_model)  # (B, T, D) -> (N, D)
         routing = self.router(flat, token_ids)
-        capacity = None
+        capacity, groups = None, self.config.capacity_groups
         if self.config.capacity_factor is not None and self.config.router != "expert_choice":
-            capacity = self.config.capacity(flat.shape[0])
-        dispatched = self.dispatch(flat, routing, self.experts, capacity, self.config.drop_policy)
+            capacity = self.config.capacity(group_size(flat.shape[0], groups))  # per group
+        dispatched = dispatch_in_groups(
+            self.dispatch, flat, routing, self.experts, capacity, self.config.drop_policy, groups
+        )
         y = dispatched.y  # (N, D)
         if self.shared_experts is not None:
             shared = self.shared_experts(flat)  # (N, D)

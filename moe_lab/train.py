@@ -243,20 +243,25 @@ class Trainer:
         self.device = resolve_device(train_config.device)
         torch.manual_seed(train_config.seed)  # the initialization is a function of the seed
         self.model = TinyLM(model_config).to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            _decay_groups(self.model, train_config.weight_decay),
-            lr=lr_at(0, train_config),
-            betas=(train_config.beta1, train_config.beta2),
-            # The fused kernel updates every tensor in one pass; the default loops in Python
-            # over tensors, which costs the MoE (3x the parameters) more than its dense twin.
-            fused=self.device.type in ("cpu", "cuda"),
-        )
+        self.optimizer = self._build_optimizer()
         # Batches come from their own generator, so nothing else that draws random numbers
         # (dropout, noisy routers) changes which windows the model sees.
         self.data_generator = torch.Generator().manual_seed(train_config.seed)
         self.step = 0
         self.history = History()
         self.flops_per_token = self.model.training_flops_per_token(train_config.seq_len)
+
+    def _build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the model's parameters (``moe_lab.parallel`` rebuilds it after sharding)."""
+        config = self.config
+        return torch.optim.AdamW(
+            _decay_groups(self.model, config.weight_decay),
+            lr=lr_at(0, config),
+            betas=(config.beta1, config.beta2),
+            # The fused kernel updates every tensor in one pass; the default loops in Python
+            # over tensors, which costs the MoE (3x the parameters) more than its dense twin.
+            fused=self.device.type in ("cpu", "cuda"),
+        )
 
     # -- one step -----------------------------------------------------------------------------
 

@@ -482,6 +482,61 @@ def test_all_to_all_bytes_match_a_simulated_placement() -> None:
     assert simulated == pytest.approx(got["total"], rel=0.02)
 
 
+def _one_block_spec(d_model: int, n_experts: int, top_k: int):
+    moe = MoEConfig(d_model=d_model, d_expert=8, n_experts=n_experts, top_k=top_k)
+    return from_model_config(ModelConfig(d_model=d_model, n_heads=1, moe=moe))
+
+
+def test_all_to_all_bytes_exact_on_a_routing_by_hand() -> None:
+    # W = 4 ranks, one expert and one token each, K = 2, D = 4, fp32 (16 bytes a row).
+    # token 0 (rank 0) -> experts 0, 1: one remote copy (to rank 1)
+    # token 1 (rank 1) -> experts 0, 2: two (ranks 0, 2)
+    # token 2 (rank 2) -> experts 0, 3: two (ranks 0, 3)
+    # token 3 (rank 3) -> experts 0, 1: two (ranks 0, 1)
+    # sent: 1, 2, 2, 2 (7 copies); received: rank 0 three, rank 1 two, ranks 2 and 3 one each.
+    # A rank sends its copies in the dispatch and the outputs of what it received in the combine.
+    spec = _one_block_spec(d_model=4, n_experts=4, top_k=2)
+    indices = [[0, 1], [0, 2], [0, 3], [0, 1]]
+    got = budget.all_to_all_bytes(spec, 4, 4, "fp32", expert_indices=indices)
+    assert got["dispatch"] == got["combine"] == 7 * 16
+    assert got["by_rank"] == (4 * 16, 4 * 16, 3 * 16, 3 * 16)
+    assert got["total"] == sum(got["by_rank"]) == 14 * 16
+    assert got["counts"] == 3 * 4 * 8  # (W - 1) * E int64 counts
+    trained = budget.all_to_all_bytes(spec, 4, 4, "fp32", expert_indices=indices, backward=True)
+    assert trained["backward"] == 14 * 16 and trained["total"] == 28 * 16  # reverse exchanges
+    # every expert on the token's own rank: nothing leaves a process
+    local = budget.all_to_all_bytes(
+        spec, 4, 4, "fp32", expert_indices=[[0, 0], [1, 1], [2, 2], [3, 3]]
+    )
+    assert local["total"] == 0
+
+
+def test_all_to_all_bytes_of_capacity_buffers_by_hand() -> None:
+    # N = 8 tokens over W = 2 ranks, E = 4, K = 2, cf = 1: C = ceil(1 * 4 * 2 / 4) = 2 rows per
+    # expert and rank. Each rank sends the other the buffers of its 2 experts, full or empty:
+    # 2 * 2 = 4 rows each way, 8 rows per direction over both ranks, whatever the routing.
+    spec = _one_block_spec(d_model=4, n_experts=4, top_k=2)
+    got = budget.all_to_all_bytes(spec, 8, 2, "fp32", capacity_factor=1.0)
+    assert got["dispatch"] == 8 * 16 and got["by_rank"] == (8 * 16, 8 * 16)
+    assert got["counts"] == 0  # fixed sizes: no counts to exchange
+    # cf = 1.5: C = ceil(1.5 * 4 * 2 / 4) = 3 = cf N K / (W E) exactly, so the buffers move
+    # cf times the dropless expectation (here 6 rows each way per rank)
+    wider = budget.all_to_all_bytes(spec, 8, 2, "fp32", capacity_factor=1.5)
+    assert wider["dispatch"] == 12 * 16
+    assert wider["total"] == 1.5 * budget.all_to_all_bytes(spec, 8, 2, "fp32")["total"]
+
+
+def test_exact_count_averages_to_the_uniform_expectation() -> None:
+    spec = PRESETS["DeepSeek-V3"].spec()
+    N, W = 4096, 8
+    gen = torch.Generator().manual_seed(1)
+    experts = torch.rand(N, 256, generator=gen).topk(8, dim=-1).indices  # uniform, distinct
+    exact = budget.all_to_all_bytes(spec, N, W, expert_indices=experts)
+    expected = budget.all_to_all_bytes(spec, N, W)
+    assert exact["total"] == pytest.approx(expected["total"], rel=0.02)
+    assert expected["by_rank"] == (expected["per_rank"],) * W
+
+
 def test_all_to_all_needs_moe() -> None:
     with pytest.raises(ValueError, match="no MoE"):
         budget.all_to_all_bytes(from_model_config(ModelConfig()), 8, 2)
