@@ -17,7 +17,7 @@ Taught in: the exercises at the end of every notebook.
 
 from __future__ import annotations
 
-import functools
+import inspect
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -78,7 +78,7 @@ def run_check(exercise_: Exercise, attempt: Callable, reference: Callable | None
     "Not written yet" means the attempt raises ``NotImplementedError``, as the exercise cell's
     stub does. A notebook run untouched (CI) thus checks the hidden reference solution, and a
     reader's attempt is never replaced by it: once written, the attempt is what gets checked.
-    Prints one line saying which function passed; raises ``ExerciseError`` when it fails.
+    Prints which function it checked and that it passed; raises ``ExerciseError`` when it fails.
     The cases run on a forked random state: checking does not move the notebook's random stream.
     """
     check_name = f"check_{exercise_.name}"
@@ -128,6 +128,17 @@ def _run_cases(exercise_: Exercise, fn: Callable) -> int:
         return exercise_.run_cases(fn)
 
 
+CHECK_ARGS = """Args:
+    attempt: your function (the exercise cell's ``my_...``).
+    reference: the hidden solution; checked instead, and said so, while ``attempt`` is the stub
+        that raises ``NotImplementedError``.
+
+Raises:
+    ExerciseError: an ``AssertionError`` naming the case, what differs and, when it is
+        recognized, the mistake.
+"""
+
+
 def exercise(notebook: str, against: str) -> Callable[[Callable[[Callable], int]], Callable]:
     """Register a checker and give it the public ``check_x(attempt, reference=None)`` form.
 
@@ -143,10 +154,13 @@ def exercise(notebook: str, against: str) -> Callable[[Callable[[Callable], int]
         registered = Exercise(name, notebook, against, run_cases)
         EXERCISES[name] = registered
 
-        @functools.wraps(run_cases)
         def check(attempt: Callable, reference: Callable | None = None) -> None:
             run_check(registered, attempt, reference)
 
+        # the public function: the checker's name and docstring, its own signature
+        for attribute in ("__module__", "__name__", "__qualname__"):
+            setattr(check, attribute, getattr(run_cases, attribute))
+        check.__doc__ = inspect.cleandoc(run_cases.__doc__ or "") + "\n\n" + CHECK_ARGS
         check.exercise = registered
         return check
 
