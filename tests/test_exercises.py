@@ -137,10 +137,25 @@ def test_untouched_section_checks_every_hidden_reference(stem):
         assert f"Your {ex.attempt_name} is not written yet" in printed
 
 
+def cells_of(name: str) -> list[str]:
+    """The setup cell and the exercise's own three cells: stub, hidden solution, check."""
+    ex = EXERCISES[name]
+    sources = code_cells(ex.notebook)
+    own = [
+        s
+        for s in sources
+        if s.startswith((f"def {ex.attempt_name}(", f"def {ex.solution_name}(", f"check_{name}("))
+    ]
+    # a solution may call an earlier one (04's FLOPs reuse its parameter count)
+    earlier = [s for s in sources if s.startswith("def ") and "_solution(" in s.split("\n")[0]]
+    helpers = [s for s in earlier if s not in own and s.split("(")[0][4:] in "".join(own)]
+    return [sources[0], *helpers, *own]
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_a_written_attempt_is_checked_not_replaced(name):
     ex = EXERCISES[name]
-    sources = code_cells(ex.notebook)
+    sources = cells_of(name)
     stub = next(i for i, s in enumerate(sources) if s.startswith(f"def {ex.attempt_name}("))
 
     # a right attempt (it delegates to the hidden solution, defined in a later cell) is checked
@@ -148,6 +163,7 @@ def test_a_written_attempt_is_checked_not_replaced(name):
     right[stub] = f"def {ex.attempt_name}(*args):\n    return {ex.solution_name}(*args)\n"
     _, printed = run_cells(right)
     assert f"✓ checked your {ex.attempt_name}: it passes" in printed
+    assert "hidden reference" not in printed
 
     # a wrong one fails its check cell: the reference does not stand in for it
     wrong = sources.copy()
