@@ -769,6 +769,14 @@ def test_checking_leaves_the_random_stream_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+def test_a_nan_output_is_reported_as_not_finite():
+    def nan_ffn(x, w_gate, w_up, w_down):
+        return swiglu_geglu(x, w_gate, w_up, w_down) / 0 * 0
+
+    with pytest.raises(ExerciseError, match=r"the output is not finite: nan at \[0, 0\]"):
+        EXERCISES_CHECKS["swiglu_ffn"](nan_ffn)
+
+
 def test_the_checks_run_under_no_grad_too():
     with torch.no_grad():
         EXERCISES_CHECKS["switch_aux_loss"](solution("switch_aux_loss"))

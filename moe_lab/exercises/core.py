@@ -256,7 +256,7 @@ def mismatch(
     got_d, expected_d = got.detach().double(), expected.detach().double()
     if not bool(torch.isfinite(got_d).all()):
         bad = torch.nonzero(~torch.isfinite(got_d))[0].tolist()
-        return f"it holds {got_d[tuple(bad)].item()} at {_fmt_index(tuple(bad))}"
+        return f"not finite: {got_d[tuple(bad)].item()} at {_fmt_index(tuple(bad))}"
     if torch.allclose(got_d, expected_d, atol=atol, rtol=rtol):
         return None
     diff = (got_d - expected_d).abs() - rtol * expected_d.abs()
