@@ -432,3 +432,94 @@ assert counter.get_total_flops() == flops and seconds > 0
 # </details>
 #
 # **Next**: notebook 02 builds the router that chooses the K experts.
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab`'s own implementation and says exactly what differs: the shape, the value at a named case, the gradient, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from moe_lab.exercises.dense_ffn import check_ffn_counts, check_split_into_experts, check_swiglu_ffn
+
+
+# %% [markdown]
+# ### Exercise 1: SwiGLU from raw tensors
+#
+# Write `my_swiglu_ffn(x, w_gate, w_up, w_down)` for x (N, D), `w_gate` and `w_up` (D, F), `w_down` (F, D), returning y (N, D) = `(silu(x W_gate) ⊙ (x W_up)) W_down`, without looking at section 1.
+# Use torch operations only, so that autograd can differentiate it: the check compares your output, and your gradients for x and the three weights, with `moe_lab.DenseFFN` carrying the same weights. D ≠ F in every case, so a weight used the wrong way round fails at once.
+
+# %%
+def my_swiglu_ffn(x, w_gate, w_up, w_down):
+    # x (N, D), w_gate and w_up (D, F), w_down (F, D) -> (N, D)
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def swiglu_ffn_solution(x, w_gate, w_up, w_down):
+    hidden = F.silu(x @ w_gate) * (x @ w_up)  # (N, F): the activated gate scales the up projection
+    return hidden @ w_down  # (N, F) -> (N, D)
+
+
+# %%
+check_swiglu_ffn(my_swiglu_ffn, reference=swiglu_ffn_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: parameters and FLOPs by hand
+#
+# Write `my_ffn_counts(d_model, d_ff, activation, n_tokens)` returning the pair `(parameters, forward_flops)` of one bias-free FFN (`activation` is `"swiglu"` or `"gelu"`) and of its forward pass on `n_tokens` tokens, as sections 2 and 3 count them.
+# The check compares with the parameters of `moe_lab.DenseFFN` and with the FLOPs PyTorch's `FlopCounterMode` counts when the layer runs, from a 10 × 7 toy to one Mixtral expert.
+
+# %%
+def my_ffn_counts(d_model, d_ff, activation, n_tokens):
+    # -> (parameters, forward_flops), two integers
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def ffn_counts_solution(d_model, d_ff, activation, n_tokens):
+    matrices = 3 if activation == "swiglu" else 2  # gate, up, down; or up, down
+    parameters = matrices * d_model * d_ff  # no biases
+    forward_flops = 2 * n_tokens * parameters  # one multiply and one add per weight per token
+    return parameters, forward_flops
+
+
+# %%
+check_ffn_counts(my_ffn_counts, reference=ffn_counts_solution)
+
+
+# %% [markdown]
+# ### Exercise 3: cut a dense FFN into experts
+#
+# Section 5 cut a `DenseFFN` into E experts by hand. Make it a function: `my_split_into_experts(dense, n_experts)` takes a SwiGLU `DenseFFN` of width F and returns `(w_gate, w_up, w_down)` with shapes (E, D, F/E), (E, D, F/E) and (E, F/E, D), the layout of `moe_lab`'s stacked experts, expert e holding the hidden units [e·F/E, (e+1)·F/E).
+# Two traps: `nn.Linear` stores its weight as (out, in), and a reshape reads memory row by row.
+# The check loads your tensors into `moe_lab.experts.StackedExperts`, sums all E experts with weight 1 through `dispatch_naive`, compares that with the dense FFN's output, then checks each expert's block.
+
+# %%
+def my_split_into_experts(dense, n_experts):
+    # dense: DenseFFN(D, F, "swiglu") -> w_gate (E, D, F/E), w_up (E, D, F/E), w_down (E, F/E, D)
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def split_into_experts_solution(dense, n_experts):
+    d, width = dense.d_model, dense.d_ff // n_experts
+    # (F, D) Linear weight -> (D, F) -> (D, E, F/E): columns grouped by expert -> (E, D, F/E)
+    w_gate = dense.gate.weight.T.reshape(d, n_experts, width).transpose(0, 1)
+    w_up = dense.up.weight.T.reshape(d, n_experts, width).transpose(0, 1)
+    # (D, F) Linear weight -> (F, D): hidden units are rows, already contiguous -> (E, F/E, D)
+    w_down = dense.down.weight.T.reshape(n_experts, width, d)
+    return w_gate, w_up, w_down
+
+
+# %%
+check_split_into_experts(my_split_into_experts, reference=split_into_experts_solution)

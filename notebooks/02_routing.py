@@ -702,3 +702,101 @@ assert list(explorer.figure.data[1].y) == [8] * 8
 # </details>
 #
 # **Next**: notebook 03, load balancing and capacity.
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab`'s own implementation and says exactly what differs: the shape, the value at a named case, the gradient, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+import torch
+
+from moe_lab.exercises.routing import check_deepseek_router, check_sorted_dispatch, check_topk_router
+
+
+# %% [markdown]
+# ### Exercise 1: the top-k router
+#
+# Write `my_topk_router(logits, k, normalize)`: from router logits (N, E), return `indices` (N, K), the K experts with the largest probability, largest first (as `torch.topk` returns them), and `weights` (N, K), the softmax over **all** E experts at those K, divided by their sum when `normalize` is true (Mixtral) and left as they are when it is false (Switch).
+# The check compares experts, weights and the gradient of the weights with respect to the logits with `moe_lab`'s `softmax_topk` router, for K = 1, 2, 4, with and without renormalization (section 2 says which orders of softmax and top-k agree, and when).
+
+# %%
+def my_topk_router(logits, k, normalize):
+    # logits (N, E) -> indices (N, K) long, weights (N, K)
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def topk_router_solution(logits, k, normalize):
+    probs = logits.softmax(dim=-1)  # (N, E): over all experts, before choosing
+    weights, indices = probs.topk(k, dim=-1)  # (N, K) each, largest first
+    if normalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)  # the K weights sum to 1
+    return indices, weights
+
+
+# %%
+check_topk_router(my_topk_router, reference=topk_router_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: DeepSeek-V3's router
+#
+# Write `my_deepseek_router(logits, bias, k, scaling)` as section 8 describes it: scores `s = sigmoid(logits)` (N, E); choose the K experts with the largest `s + bias` (largest first); weight them by their **unbiased** scores, divided by their sum and multiplied by `scaling`. Return `(indices, weights)`, both (N, K).
+# The check compares with `moe_lab`'s `sigmoid_bias` router carrying the same selection bias (large enough to change some tokens' choice), including the gradient with respect to the logits.
+
+# %%
+def my_deepseek_router(logits, bias, k, scaling):
+    # logits (N, E), bias (E,) -> indices (N, K) long, weights (N, K)
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def deepseek_router_solution(logits, bias, k, scaling):
+    scores = torch.sigmoid(logits)  # (N, E), one independent score per expert
+    indices = (scores + bias).topk(k, dim=-1).indices  # (N, K): the bias only chooses
+    weights = scores.gather(-1, indices)  # (N, K): unbiased scores of the chosen experts
+    return indices, weights / weights.sum(dim=-1, keepdim=True) * scaling
+
+
+# %%
+check_deepseek_router(my_deepseek_router, reference=deepseek_router_solution)
+
+
+# %% [markdown]
+# ### Exercise 3: the sorted dispatch
+#
+# Write `my_sorted_dispatch(x, routing, experts)` returning y (N, D) with `y[n] = Σ_k routing.weights[n, k] · expert_{routing.indices[n, k]}(x[n])`, the way section 9's sorted dispatch does it: sort the N·K assignments by expert, gather their rows of x once, run each expert **once** on its contiguous slice with `experts.expert_forward(rows, e)` (`experts.n_experts` is E), weight the outputs, and add them back into their tokens. Some experts may get no token.
+# The check compares the output and the gradients (for x, the combine weights and every expert weight) with the library's reference `dispatch_naive`, and counts your calls to `expert_forward`.
+
+# %%
+def my_sorted_dispatch(x, routing, experts):
+    # x (N, D); routing.indices, routing.weights (N, K); experts.expert_forward(rows (M, D), e) -> (M, D)
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def sorted_dispatch_solution(x, routing, experts):
+    k = routing.indices.shape[1]
+    flat_experts = routing.indices.reshape(-1)  # (N*K,): expert of assignment n*K + slot
+    order = torch.argsort(flat_experts, stable=True)  # (N*K,): assignments grouped by expert
+    token_of = order // k  # (N*K,): the token each sorted assignment came from
+    counts = torch.bincount(flat_experts, minlength=experts.n_experts).tolist()
+    rows = x[token_of]  # (N*K, D), gathered once
+    outputs, start = [], 0
+    for expert, count in enumerate(counts):
+        if count:
+            outputs.append(experts.expert_forward(rows[start : start + count], expert))
+        start += count
+    weighted = torch.cat(outputs) * routing.weights.reshape(-1)[order].unsqueeze(-1)  # (N*K, D)
+    return torch.zeros_like(x).index_add(0, token_of, weighted)  # repeated tokens accumulate
+
+
+# %%
+check_sorted_dispatch(my_sorted_dispatch, reference=sorted_dispatch_solution)

@@ -580,3 +580,100 @@ assert f"dropped {view.output.dropped_fraction:.1%}" in capacity_explorer.figure
 # </details>
 #
 # **Next**: notebook 04 trains a tiny MoE language model and compares it with dense baselines.
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab`'s own implementation and says exactly what differs: the shape, the value at a named case, the gradient, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+import math
+
+import torch
+
+from moe_lab.exercises.load_balancing import check_capacity_keep, check_expert_capacity, check_switch_aux_loss
+
+
+# %% [markdown]
+# ### Exercise 1: an expert's capacity
+#
+# Write `my_expert_capacity(n_tokens, n_experts, top_k, capacity_factor)` returning C, the number of assignments one expert accepts (section 2), as an integer.
+# The check compares with `moe_lab.expert_capacity` on seven cases, one of which hides a floating-point trap.
+
+# %%
+def my_expert_capacity(n_tokens, n_experts, top_k, capacity_factor):
+    # -> C, an int
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def expert_capacity_solution(n_tokens, n_experts, top_k, capacity_factor):
+    average_load = n_tokens * top_k / n_experts  # assignments per expert under perfect balance
+    # ceil: an exactly average load must fit; the epsilon keeps float round-off (1.1 * 10 / 11 =
+    # 1.0000000000000002) from adding a slot; at least 1 slot per expert
+    return max(1, math.ceil(capacity_factor * average_load - 1e-9))
+
+
+# %%
+check_expert_capacity(my_expert_capacity, reference=expert_capacity_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: who is dropped
+#
+# Write `my_capacity_keep(indices, n_experts, capacity)`: from the chosen experts `indices` (N, K), return `keep` (N, K), a bool tensor that is True where the assignment fits in its expert's `capacity`, under the **position** priority of section 2: every token's first choice in token order, then every second choice, and so on.
+# The check compares with `moe_lab.dispatch.capacity_queue` on a hand-made batch and on skewed random routings with K = 1, 2, 3.
+
+# %%
+def my_capacity_keep(indices, n_experts, capacity):
+    # indices (N, K) long -> keep (N, K) bool
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def capacity_keep_solution(indices, n_experts, capacity):
+    n_tokens, k = indices.shape
+    keep = torch.zeros(n_tokens, k, dtype=torch.bool)
+    used = [0] * n_experts  # slots taken in each expert's buffer
+    for slot in range(k):  # all first choices, then all second choices, ...
+        for token in range(n_tokens):  # ... each in token order
+            expert = int(indices[token, slot])
+            if used[expert] < capacity:
+                used[expert] += 1
+                keep[token, slot] = True
+    return keep
+
+
+# %%
+check_capacity_keep(my_capacity_keep, reference=capacity_keep_solution)
+
+
+# %% [markdown]
+# ### Exercise 3: the Switch auxiliary loss
+#
+# Write `my_switch_aux_loss(probs, indices)` returning the scalar `E · Σ_i f_i · P_i` of section 5, from the router's full softmax `probs` (N, E) and the chosen experts `indices` (N, K).
+# The check compares the value and the gradient with respect to `probs` with `moe_lab.balancing.load_balancing_loss`, on skewed routers with K = 1, 2, 4, on uniform routing (loss 1) and on collapse (loss E).
+
+# %%
+def my_switch_aux_loss(probs, indices):
+    # probs (N, E), indices (N, K) long -> a scalar tensor
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def switch_aux_loss_solution(probs, indices):
+    n_experts = probs.shape[-1]
+    counts = torch.bincount(indices.reshape(-1), minlength=n_experts).float()  # (E,): no gradient
+    f = counts / indices.numel()  # fraction of the N*K assignments per expert
+    P = probs.mean(dim=0)  # (E,): mean probability over all tokens, the full softmax
+    return n_experts * (f * P).sum()
+
+
+# %%
+check_switch_aux_loss(my_switch_aux_loss, reference=switch_aux_loss_solution)

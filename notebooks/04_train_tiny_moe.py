@@ -422,3 +422,83 @@ assert final["tiny-dense-wide"] < final["tiny-dense"]  # equal steps: more param
 # <details><summary>Answer</summary>Because "faster per FLOP" is only true where the hardware and
 # kernels make routing nearly free. On this CPU the MoE's extra wall-clock per step can eat its
 # advantage; measuring it keeps the claim honest.</details>
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab`'s own implementation and says exactly what differs: the shape, the value at a named case, the gradient, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+from moe_lab.exercises.train_tiny_moe import check_tiny_lm_parameters, check_training_flops_per_token
+
+
+# %% [markdown]
+# ### Exercise 1: total and active parameters of the tiny LM
+#
+# Write `my_tiny_lm_parameters(config)` returning `(total, active)` for any `ModelConfig` of the course's `TinyLM`, from the layout its docstring fixes: a token embedding (V × D) and a learned position embedding (`max_seq_len` × D); per block two norms (RMSNorm: D weights; LayerNorm: D weights and D biases), a fused q/k/v projection (D × 3D) and an output projection (D × D), no biases; then the FFN, dense (3·D·`d_ff` for SwiGLU, 2·D·`d_ff` for GELU, by `config.activation`) or, on the blocks where `config.is_moe_layer(i)`, an MoE block: a router (D × E) and E experts of width F (`config.moe.routed_experts`, `config.moe.expert_width`, activation `config.moe.activation`); a final norm; the LM head is tied to the token embedding.
+# `active` counts what one token uses: all of it except the routed experts it is not sent to (it uses `config.moe.routed_top_k` of them per MoE block), embeddings included.
+# The check compares with `TinyLM(config).parameter_counts()`, which counts the modules, on the three presets of section 2 and two variants (GELU, LayerNorm, an MoE block every other block; top-4 of 16).
+
+# %%
+def my_tiny_lm_parameters(config):
+    # config: ModelConfig -> (total, active), two integers
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def tiny_lm_parameters_solution(config):
+    d = config.d_model
+    norm = d if config.norm == "rmsnorm" else 2 * d
+    total = active = (config.vocab_size + config.max_seq_len) * d + norm  # embeddings, final norm
+    for block in range(config.n_layers):
+        total += 2 * norm + 4 * d * d  # two norms, q/k/v (D x 3D) and output (D x D)
+        active += 2 * norm + 4 * d * d
+        if config.is_moe_layer(block):
+            moe = config.moe
+            expert = (3 if moe.activation == "swiglu" else 2) * d * moe.expert_width
+            total += d * moe.routed_experts + moe.routed_experts * expert  # router, all experts
+            active += d * moe.routed_experts + moe.routed_top_k * expert  # router, K experts
+        else:
+            ffn = (3 if config.activation == "swiglu" else 2) * d * config.d_ff
+            total += ffn
+            active += ffn
+    return total, active
+
+
+# %%
+check_tiny_lm_parameters(my_tiny_lm_parameters, reference=tiny_lm_parameters_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: training FLOPs per token
+#
+# Write `my_training_flops_per_token(config, seq_len)`: the FLOPs of training on one token with sequences of T = `seq_len` tokens, the figure section 2 compares the three models by.
+# Forward: 2 FLOPs per active **matrix** weight (attention projections, the dense FFN or the K chosen experts, the router, and the tied LM head, which multiplies by the embedding matrix; the embedding lookups and the norms multiply nothing), plus attention's scores and weighted sum, which have no weights: `4·D` FLOPs per attended key per block, and a causal token attends `(T + 1)/2` keys on average. Training is 3 × forward (the backward pass costs two products per forward product).
+# You may call your (or the reference's) parameter count. The check compares with `TinyLM(config).training_flops_per_token(seq_len)`, which `moe_lab.budget` computes.
+
+# %%
+def my_training_flops_per_token(config, seq_len):
+    # config: ModelConfig, seq_len: T -> FLOPs per trained token
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def training_flops_per_token_solution(config, seq_len):
+    d, layers = config.d_model, config.n_layers
+    _, active = tiny_lm_parameters_solution(config)
+    lookups = (config.vocab_size + config.max_seq_len) * d  # embedding tables: read, not multiplied
+    norms = (2 * layers + 1) * (d if config.norm == "rmsnorm" else 2 * d)  # elementwise
+    head = config.vocab_size * d  # the tied head multiplies by the token embedding matrix
+    matrix_weights = active - lookups - norms + head
+    scores = layers * 4 * d * (seq_len + 1) / 2  # Q K^T and probs @ V over (T + 1)/2 keys
+    return 3 * (2 * matrix_weights + scores)
+
+
+# %%
+check_training_flops_per_token(my_training_flops_per_token, reference=training_flops_per_token_solution)

@@ -530,3 +530,95 @@ display(Markdown("\n".join(lines)))
 # token: C(256, 8) ≈ 4.1e14, against C(32, 1) = 32 for 32 experts 8 times as wide with top-1.
 # DeepSeekMoE found the fine-grained split to specialize experts better.
 # </details>
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab`'s own implementation and says exactly what differs: the shape, the value at a named case, the gradient, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+from moe_lab.exercises.compute_budgets import check_all_to_all_bytes, check_experts_touched, check_mixtral_parameters
+
+
+# %% [markdown]
+# ### Exercise 1: any Mixtral, by hand
+#
+# Section 1 counted Mixtral-8x7B. Write `my_mixtral_parameters(config)` returning `(total, active)` for any Mixtral-family `config.json` dict: `hidden_size` D, `num_hidden_layers` L, `num_attention_heads` H, `num_key_value_heads`, `head_dim` (when absent: D / H), `intermediate_size` F, `num_local_experts` E, `num_experts_per_tok` K, `vocab_size` V, `tie_word_embeddings` (when absent: false). Count the embedding as active, as Mistral does.
+# The check compares with `count_parameters(from_hf_config(config))` on Mixtral-8x7B, Mixtral-8x22B and two small variants, one with tied embeddings and a `head_dim` that is not D / H.
+
+# %%
+def my_mixtral_parameters(config):
+    # config: a Mixtral config.json dict -> (total, active), two integers
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def mixtral_parameters_solution(config):
+    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or d // heads
+    kv_width = config["num_key_value_heads"] * head_dim
+    n_experts, top_k = config["num_local_experts"], config["num_experts_per_tok"]
+    attention = 2 * d * heads * head_dim + 2 * d * kv_width  # q and o; k and v (grouped-query)
+    per_block = attention + n_experts * d + 2 * d  # attention, router (E x D), two RMSNorms
+    head = 0 if config.get("tie_word_embeddings", False) else vocab * d
+    shared = layers * per_block + d + vocab * d + head  # blocks, final norm, embedding, head
+    expert = 3 * d * config["intermediate_size"]  # w1, w3 (F x D) and w2 (D x F)
+    return shared + layers * n_experts * expert, shared + layers * top_k * expert
+
+
+# %%
+check_mixtral_parameters(my_mixtral_parameters, reference=mixtral_parameters_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: experts touched by a batch
+#
+# Write `my_experts_touched(n_experts, top_k, n_tokens)`: the expected number of distinct experts a batch of B = `n_tokens` tokens uses when each token picks K distinct experts of E uniformly at random (the right panel of the latency figure, and the decode model). Derive it before you write it: with what probability does one token miss a given expert?
+# The check compares with `moe_lab.budget.expected_experts_touched`, from one token to a thousand.
+
+# %%
+def my_experts_touched(n_experts, top_k, n_tokens):
+    # -> the expected number of distinct experts, a float
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def experts_touched_solution(n_experts, top_k, n_tokens):
+    # one token misses a given expert with probability 1 - K/E; B independent tokens all miss it
+    # with probability (1 - K/E)^B; sum over the E experts (linearity of expectation)
+    return n_experts * (1 - (1 - top_k / n_experts) ** n_tokens)
+
+
+# %%
+check_experts_touched(my_experts_touched, reference=experts_touched_solution)
+
+
+# %% [markdown]
+# ### Exercise 3: the all-to-all's bytes
+#
+# Under expert parallelism the E experts are spread evenly over W ranks, and so are the N tokens of a step. Each token sends a copy of its D values to each of its K experts (the dispatch all-to-all), and the expert outputs come back the same way (the combine all-to-all); a copy whose expert sits on the token's own rank does not travel.
+# Write `my_all_to_all_bytes(n_tokens, top_k, d_model, world_size, bytes_per_value)` returning the bytes both all-to-alls move for one MoE block, summed over all ranks, under uniform routing.
+# The check compares with `moe_lab.budget.all_to_all_bytes(...)["total"]`, DeepSeek-V3's width and top-8 over 64 ranks among the cases.
+
+# %%
+def my_all_to_all_bytes(n_tokens, top_k, d_model, world_size, bytes_per_value):
+    # -> bytes moved by the dispatch and combine all-to-alls of one MoE block, all ranks
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def all_to_all_bytes_solution(n_tokens, top_k, d_model, world_size, bytes_per_value):
+    remote = (world_size - 1) / world_size  # a copy's expert is on another rank
+    one_way = n_tokens * top_k * d_model * bytes_per_value * remote  # the dispatch all-to-all
+    return 2 * one_way  # and the combine all-to-all sends as much back
+
+
+# %%
+check_all_to_all_bytes(my_all_to_all_bytes, reference=all_to_all_bytes_solution)
