@@ -171,10 +171,11 @@ def grade(instance: Instance, answer: str | None) -> Grade:
             return Grade(None, str(error), text)
         if case.accepts(number):
             return Grade(True, f"right: {show(case.value)} {case.unit}".rstrip(), text)
+        unit = f" {case.unit}" if case.unit else ""
         return Grade(
             False,
-            f"wrong, because the answer is {show(case.value)} {case.unit} (you gave"
-            f" {show(number)}; accepted {case.tolerance_text})",
+            f"wrong, because the answer is {show(case.value)}{unit} (you gave {show(number)};"
+            f" accepted {case.tolerance_text})",
             text,
         )
     if q.kind == "verdict":

@@ -68,7 +68,7 @@ class NumericCase:
 
     @property
     def tolerance_text(self) -> str:
-        if self.rel_tol == 0 and self.abs_tol == 0:
+        if self.rel_tol < 1e-4 and self.abs_tol == 0:
             return "exactly"
         if self.rel_tol > 0:
             return f"within {self.rel_tol:.1%}"

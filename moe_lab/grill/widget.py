@@ -127,7 +127,7 @@ class Grill:
         self.previous_button = widgets.Button(description="◀ Previous")
         self.next_button = widgets.Button(description="Next ▶")
         self.feedback = widgets.HTML()
-        self.score_label = widgets.HTML()
+        self.score_label = widgets.HTML(layout={"margin": "0 0 0 12px"})
         self.session: GrillSession | None = None
 
         for control in self.controls.values():
@@ -223,7 +223,7 @@ class Grill:
     def _show_score(self) -> None:
         score = self.session.score
         self.score_label.value = (
-            f"&nbsp; score: <b>{score.right}</b> right of {score.answered} answered"
+            f"score: <b>{score.right}</b> right of {score.answered} answered"
             f" ({score.total} questions)"
         )
 
