@@ -5,6 +5,7 @@
     torchrun --nproc-per-node 2 -m moe_lab.cli train --expert-parallel 2   # experts on 2 ranks
     moe-lab sample --checkpoint runs/moe --prompt "12+7="
     moe-lab presets
+    moe-lab grill --topic balancing --n 10 --seed 1   # interview questions, graded
 
 Errors in the arguments (an unknown preset, a missing checkpoint or text file, an output folder
 that cannot be written) print one line naming the problem and exit with status 2, as argparse
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from moe_lab.data import ByteTokenizer
+from moe_lab.grill.question import DIFFICULTIES, TOPICS
 from moe_lab.history import History
 from moe_lab.model import PRESETS, TinyLM, get_preset
 from moe_lab.train import DEVICES, TrainConfig, Trainer, load_model
@@ -76,6 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu", choices=DEVICES)
 
     commands.add_parser("presets", help="list the model presets with their parameter counts")
+
+    grill = commands.add_parser("grill", help="practise interview questions, graded by moe_lab")
+    grill.add_argument("--topic", choices=list(TOPICS), help="default: every topic")
+    grill.add_argument("--difficulty", choices=list(DIFFICULTIES), help="default: any")
+    grill.add_argument("--n", type=_positive_int, default=10, help="questions (default 10)")
+    grill.add_argument("--seed", type=int, default=0, help="question order and numbers")
     return parser
 
 
@@ -200,8 +208,16 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "sample":
             _sample(args)
+        elif args.command == "grill":
+            from moe_lab.grill.terminal import run as run_grill  # the grill's own module
+
+            run_grill(args.topic, args.difficulty, args.n, args.seed)
         else:
             _presets()
+    except KeyboardInterrupt:
+        if args.command != "grill":
+            raise
+        return 130  # the grill printed its score already
     except BrokenPipeError:
         # `moe-lab presets | head`: the reader closed the pipe; that is not an error. Point
         # stdout at devnull so that Python's exit-time flush does not complain either.

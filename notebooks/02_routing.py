@@ -201,6 +201,19 @@ except TypeError as error:
 assert crashed
 
 # %% [markdown]
+# The class above is already tidied up: it calls `super().__init__()` and takes each token's k-th choice (`top_indices[:, k]`). Word for word, the snippet circulates like this (the interview grill keeps the literal text in `moe_lab/grill/questions/routing.toml`), and it fails even earlier: constructing it raises, because `nn.Module.__init__` is never called; once that is fixed, `top_k_indices[i]` picks token i's choices (the batch dimension) instead of every token's i-th choice. Notebook 08, section 3 grades each fix of it in turn.
+
+# %%
+from moe_lab.grill.bank import load_bank  # the interview grill's questions (notebook 08)
+from moe_lab.grill.bugs import check_answer
+
+literal = next(q for q in load_bank() if q.checker == "circulating_snippet").code
+print(literal)
+correct, verdict = check_answer("circulating_snippet", literal, seed=0)
+print(verdict)
+assert not correct and "cannot assign module before Module.__init__() call" in verdict
+
+# %% [markdown]
 # **Bug 1: it indexes the expert list with a tensor.** `top_indices[:, k]` holds one expert per token; a Python list (`nn.ModuleList`) can only be indexed by one integer, so any batch of more than one token crashes.
 # It "works" for a single token, which is how such code gets tested: a tensor with one element converts to an integer.
 #

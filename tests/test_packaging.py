@@ -74,3 +74,4 @@ def test_wheel_ships_the_cpp_kernel_source(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "moe_lab/csrc/sorted_experts.cpp" in names
     assert "moe_lab/cpp_kernels.py" in names
+    assert "moe_lab/grill/questions/routing.toml" in names  # the grill's bank is data, shipped too

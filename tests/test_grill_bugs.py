@@ -1,0 +1,175 @@
+"""The "spot the bug" checkers: each rejects the buggy code, with a reason naming the bug, and
+accepts a fix, for two seeds; reader code that fails becomes a graded reason, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe_lab.grill import sandbox
+from moe_lab.grill.bank import load_bank
+from moe_lab.grill.bugs import check_answer
+from moe_lab.grill.grading import grade, make_instance
+
+BUGS = {q.checker: q for q in load_bank() if q.kind == "bug"}
+
+# What the rejection of each question's own buggy code must say: the bug, named.
+EXPECTED_REASON = {
+    "noise_at_inference": "the noise is still on at inference",
+    "top1_renormalized": "every combine weight is exactly 1.0",
+    "circulating_snippet": "cannot assign module before Module.__init__() call",
+    "expert_choice_decoder": "changed when only the tokens after position",
+    "dropped_passthrough": "your layer returns p·x for it",
+    "aux_loss_on_topk": "no gradient to the logits of the experts a token did",
+    "per_expert_indexing": "zero-filled gradients the full size of a stacked weight",
+}
+
+
+def test_every_bug_question_has_an_expected_reason():
+    assert set(BUGS) == set(EXPECTED_REASON)
+
+
+@pytest.mark.parametrize("checker", sorted(BUGS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_buggy_code_is_rejected_for_the_right_reason(checker, seed):
+    correct, message = check_answer(checker, BUGS[checker].code, seed)
+    assert correct is False
+    assert message.startswith("wrong, because ")
+    assert EXPECTED_REASON[checker] in message, message
+
+
+@pytest.mark.parametrize("checker", sorted(BUGS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_fix_is_accepted(checker, seed):
+    correct, message = check_answer(checker, BUGS[checker].fix, seed)
+    assert correct is True, message
+    assert message.startswith("right: ")
+
+
+def test_grade_reports_the_bug_question_through_the_common_path():
+    question = BUGS["dropped_passthrough"]
+    instance = make_instance(question, 5)
+    assert instance.starter_code == question.code and "```python" in instance.prompt
+    wrong = grade(instance, question.code)
+    assert wrong.correct is False and "A fix." in wrong.explanation
+    assert grade(instance, question.fix).correct is True
+
+
+SNIPPET = BUGS["circulating_snippet"].code
+WITH_INIT = SNIPPET.replace(
+    "def __init__(self, d_model, num_experts, top_k=2):\n",
+    "def __init__(self, d_model, num_experts, top_k=2):\n        super().__init__()\n",
+)
+# The usual "quick fix" of the tensor index: the first token's choice, for the whole batch.
+QUICK_FIX = WITH_INIT.replace("top_k_indices[i]", "top_k_indices[0, i]").replace(
+    "top_k_scores[i]", "top_k_scores[:, i : i + 1]"
+)
+PER_TOKEN_RAW_SCORES = WITH_INIT.replace(
+    """        output = torch.zeros_like(x)
+        for i in range(self.top_k):
+            expert_output = self.experts[top_k_indices[i]](x)
+            output += top_k_scores[i] * expert_output
+""",
+    """        output = torch.zeros_like(x)
+        for n in range(x.shape[0]):
+            for i in range(self.top_k):
+                expert = self.experts[int(top_k_indices[n, i])]
+                output[n] += top_k_scores[n, i] * expert(x[n : n + 1])[0]
+""",
+)
+SWITCH_STYLE = PER_TOKEN_RAW_SCORES.replace(
+    "gate_scores = self.gate(x)", "gate_scores = self.gate(x).softmax(dim=-1)"
+)
+
+
+def test_the_snippet_bugs_are_found_one_after_another():
+    # super().__init__() added: the batch-dimension index fails on a batch of tokens
+    correct, message = check_answer("circulating_snippet", WITH_INIT, 0)
+    assert not correct and "calling your layer raised" in message
+    # the "quick fix": every token runs through the experts the first token chose
+    correct, message = check_answer("circulating_snippet", QUICK_FIX, 0)
+    assert not correct and "changes with its batch-mates" in message
+    # per-token routing, but raw logits as weights
+    correct, message = check_answer("circulating_snippet", PER_TOKEN_RAW_SCORES, 0)
+    assert not correct and "raw gate scores" in message
+    # softmax without renormalization (Switch / Qwen1.5 style) is a correct MoE layer too
+    correct, message = check_answer("circulating_snippet", SWITCH_STYLE, 0)
+    assert correct and "not renormalized" in message, message
+
+
+def test_a_batched_fix_of_the_indexing_bug_is_accepted():
+    padded = """
+def moe_forward(x, indices, weights, w_gate, w_up, w_down):
+    # every expert on every token, one batched product each; zero weight where not routed
+    E = w_up.shape[0]
+    combine = torch.zeros(x.shape[0], E).scatter_add(1, indices, weights)   # (N, E)
+    xs = x.expand(E, -1, -1)                                                 # (E, N, D)
+    hidden = F.silu(torch.bmm(xs, w_gate)) * torch.bmm(xs, w_up)             # (E, N, F)
+    return torch.einsum("ne,end->nd", combine, torch.bmm(hidden, w_down))
+"""
+    correct, message = check_answer("per_expert_indexing", padded, 0)
+    assert correct, message
+
+
+def test_index_select_per_expert_is_the_same_bug():
+    code = BUGS["per_expert_indexing"].code.replace(
+        "w_gate[e]", "w_gate.index_select(0, torch.tensor([e]))[0]"
+    )
+    correct, message = check_answer("per_expert_indexing", code, 0)
+    assert not correct and "zero-filled" in message
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("", "the answer is empty"),
+        ("def switch_route(x, w_gate)\n    return x", "does not parse: expected ':' (your line 1)"),
+        ("x = 1 / 0", "running your code raised ZeroDivisionError: division by zero (your line 1)"),
+        ("def route(x, w_gate):\n    return x", "does not define `switch_route`"),
+        (
+            "def switch_route(x, w_gate):\n    probs = x @ w_gate\n    return probs",
+            "calling your `switch_route` raised RuntimeError",
+        ),
+        ("def switch_route(x, w_gate):\n    return x.sum(), 3", "is a int, not a torch.Tensor"),
+        (
+            "def switch_route(x, w_gate):\n    e = torch.zeros(x.shape[0])\n    return e, e[:5]",
+            "has shape (5,), expected (48,)",
+        ),
+    ],
+)
+def test_reader_failures_become_reasons(code, reason):
+    correct, message = check_answer("top1_renormalized", code, 0)
+    assert correct is False and message.startswith("wrong, because")
+    assert reason in message, message
+
+
+def test_an_endless_loop_is_stopped(monkeypatch):
+    monkeypatch.setattr(sandbox, "TIME_LIMIT_SECONDS", 0.5)
+    code = "def switch_route(x, w_gate):\n    while True:\n        pass\n"
+    correct, message = check_answer("top1_renormalized", code, 0)
+    assert correct is False and "ran longer than 0.5 s" in message
+
+
+def test_reader_code_leaves_the_random_state_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    code = BUGS["noise_at_inference"].fix + "\ntorch.manual_seed(0)\n_ = torch.randn(100)\n"
+    assert check_answer("noise_at_inference", code, 0)[0]
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_reader_code_runs_in_its_own_namespace():
+    # the answer sees torch, nn, F, math and what the question provides, not the grill's names
+    code = "def switch_route(x, w_gate):\n    return CHECKERS, load_answer\n"
+    correct, message = check_answer("top1_renormalized", code, 0)
+    assert not correct and "NameError: name 'CHECKERS' is not defined (your line 2)" in message
+    # rebinding a name inside the answer breaks only the answer, not the next grading
+    code = BUGS["noise_at_inference"].fix + "\ntorch = None\n"
+    correct, message = check_answer("noise_at_inference", code, 0)
+    assert not correct and "NoneType" in message
+    assert check_answer("noise_at_inference", BUGS["noise_at_inference"].fix, 0)[0]
+
+
+def test_unknown_checker_is_a_programming_error():
+    with pytest.raises(ValueError, match="bug checker 'nope' is unknown"):
+        check_answer("nope", "x = 1", 0)
