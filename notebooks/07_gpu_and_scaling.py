@@ -27,11 +27,9 @@
 # Every checkable claim is checked by an `assert` in the next cell; timings are shown, never asserted (a busy machine can flip them). Shapes: `N` tokens, `D` model width, `F` expert width, `E` experts, `K` experts per token, `C` capacity per expert.
 
 # %%
-import json
 import math
 import platform
 import resource
-from pathlib import Path
 
 import plotly
 import plotly.graph_objects as go
@@ -41,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import moe_lab
 from moe_lab import DenseFFN, MoEConfig, MoELayer
-from moe_lab.bench.common import RESULTS_DIR, median, time_interleaved
+from moe_lab.bench.common import median, time_interleaved
+from moe_lab.bench.results import layer_ratio_markdown, layer_results
 from moe_lab.checkpoints import moe_config_from_hf
 from moe_lab.cpp_kernels import kernel_status
 from moe_lab.dispatch import get_backend
@@ -286,20 +285,9 @@ for label, out in half_outputs.items():
 # GPU figures: the committed results of that benchmark (`benchmarks/results/layer-cuda-*.json`), if any.
 
 # %%
-gpu_results = sorted(RESULTS_DIR.glob("layer-cuda-*.json"))
+gpu_results = layer_results("cuda")
 if gpu_results:
-    result = json.loads(gpu_results[-1].read_text())
-    lines = [f"Measured on **{result['machine']['device_name']}** ({result.get('dtype', 'float32')},"
-             f" torch {result['machine']['torch_version']}), `{gpu_results[-1].name}`:", "",
-             "| shape | mode | " + " | ".join(result["geomean_ratio"]) + " |", "|---|---|" + "---|" * len(result["geomean_ratio"])]
-    for row in result["rows"]:
-        shape = row["shape"]
-        label = f"N={shape['n_tokens']} E={shape['n_experts']} K={shape['top_k']}"
-        for mode, ratios in row["ratio_dense_over_backend"].items():
-            lines.append(f"| {label} | {mode} | " + " | ".join(f"{ratios.get(b, float('nan')):.2f}" for b in result["geomean_ratio"]) + " |")
-    syncs = result["rows"][0].get("cuda_host_syncs_per_forward", {})
-    lines += ["", f"time(dense FFN, same FLOPs) / time(MoE layer). Host syncs per forward, counted by CUDA: {syncs}."]
-    display(Markdown("\n".join(lines)))
+    display(Markdown(layer_ratio_markdown(*gpu_results[-1])))
 else:
     display(Markdown("**No GPU figures were measured**: `benchmarks/results/` holds no `layer-cuda-*.json`."
                      " Run `bash benchmarks/gpu_check.sh` on a machine with a CUDA GPU and commit what it writes."))
@@ -354,15 +342,6 @@ assert report[True][0] - report[False][0] >= weight_grad_bytes
 # Each page fault maps one 4 KiB page (or a 2 MiB huge page, where the kernel uses them): that is the work the pool saves, and it grows with E, since an MoE layer's weight gradients are E times a dense layer's. At E = 32, D = 512, F = 1024 each gradient is 67 MB; the buffer pool's documentation (`moe_lab.buffers`) measured about 20 ms per 67 MB faulted in on the course's 2-core machine, more than the matrix products at small N. That is also why the benchmark can find the sorted layer *faster* than the dense FFN of the same FLOPs at large N: the dense FFN's (N, 2F) temporaries are fresh allocations every call. The committed CPU results say so:
 
 # %%
-def layer_results(machine="cpu"):
-    found = []
-    for path in sorted(RESULTS_DIR.glob(f"layer-{machine}-*.json")):
-        result = json.loads(path.read_text())
-        if not result.get("quick"):
-            found.append((path.name, result))
-    return found
-
-
 cpu_results = layer_results()
 name, latest = cpu_results[-1]
 headline = latest["rows"][0]

@@ -15,6 +15,7 @@ from moe_lab import MoEConfig, MoELayer
 from moe_lab.bench import common as bench_common
 from moe_lab.bench.layer import Shape, bench_shape
 from moe_lab.bench.layer import run as run_layer_bench
+from moe_lab.bench.results import layer_ratio_markdown
 from moe_lab.dispatch import get_backend
 from moe_lab.profiling import audit_operators
 
@@ -145,6 +146,8 @@ def test_layer_bench_writes_dtype_and_device_name(tmp_path, monkeypatch, capsys)
     saved = json.loads(path.read_text())
     assert saved["dtype"] == "bfloat16" and saved["validate_inputs"] is False
     assert saved["machine"]["device_name"] == bench_common.cpu_name()
+    # what notebook 07 shows of such a result (for a layer-cuda-*.json: the GPU's name)
+    assert f"**{bench_common.cpu_name()}** (bfloat16" in layer_ratio_markdown(path.name, saved)
 
 
 def test_gpu_check_script_refuses_without_cuda_and_names_its_parts():

@@ -14,6 +14,8 @@ backend does the same with gathers instead of one-hot products.
 
 Reference: Lepikhin et al. 2020 (GShard), Algorithm 1 and its einsum notation; Fedus et al. 2021
 (Switch Transformer), section 2.2 and the Mesh-TensorFlow implementation it cites.
+
+Taught in: notebooks/07_gpu_and_scaling.ipynb (the dispatch ladder).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ multiplied by zero. Notebook 07 counts those FLOPs.
 
 Reference: the dense "soft" mixture of Jacobs et al. 1991 computes every expert the same way;
 with top-K gates it is the masked form of Shazeer et al. 2017, eq. (1).
+
+Taught in: notebooks/07_gpu_and_scaling.ipynb (the dispatch ladder).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Peak resident memory of the process while a function runs (Linux's VmHWM, reset first)."""
+"""Peak resident memory of the process while a function runs (Linux's VmHWM, reset first).
+
+Taught in: notebooks/07_gpu_and_scaling.ipynb.
+"""
 
 from __future__ import annotations
 
