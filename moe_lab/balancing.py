@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from moe_lab.routers import expert_counts
+
 
 def assignment_fractions(
     indices: torch.Tensor, n_experts: int, mask: torch.Tensor | None = None
@@ -15,8 +17,7 @@ def assignment_fractions(
 
     Shape: indices (N, K), mask (N, K) or None -> (E,)
     """
-    flat = indices.reshape(-1) if mask is None else indices[mask]  # (M,)
-    counts = torch.bincount(flat, minlength=n_experts).float()  # (E,)
+    counts = expert_counts(indices, n_experts, mask).float()  # (E,), no host sync on CUDA
     return counts / counts.sum().clamp_min(1.0)
 
 

@@ -108,6 +108,23 @@ def load_moe_block(
     return layer
 
 
+def deepseek_group_limit(hf_config: Mapping) -> dict:
+    """``topk_method``, ``n_group``, ``topk_group`` of a DeepSeek-V2/V3 config.json, or {}.
+
+    DeepSeek's own config.json files name the method (V2: ``group_limited_greedy``, V2-Lite:
+    ``greedy``, V3: ``noaux_tc``). Hugging Face's ``DeepseekV3Config`` has no ``topk_method``:
+    its model always applies V3's group limit, so a V3 config without the key gets ``noaux_tc``.
+    """
+    default = "noaux_tc" if hf_config.get("model_type") == "deepseek_v3" else "greedy"
+    method = hf_config.get("topk_method") or default
+    if method == "greedy":
+        return {}
+    n_group = hf_config.get("n_group") or 1
+    return dict(
+        topk_method=method, n_group=n_group, topk_group=hf_config.get("topk_group") or n_group
+    )
+
+
 def moe_config_from_hf(hf_config: Mapping, **overrides) -> MoEConfig:
     """An ``MoEConfig`` for one MoE block of a Hugging Face ``config.json`` (Mixtral, Qwen2-MoE,
     Qwen3-MoE, DeepSeek-V2/V3). ``overrides`` replace any derived field."""
@@ -129,6 +146,7 @@ def moe_config_from_hf(hf_config: Mapping, **overrides) -> MoEConfig:
             normalize_topk=bool(c.get("norm_topk_prob", False)),
             n_shared_experts=c.get("n_shared_experts") or 0,
             routed_scaling_factor=float(c.get("routed_scaling_factor", 1.0)),
+            **deepseek_group_limit(c),
         )
     elif "num_experts" in c:  # Qwen2-MoE / Qwen3-MoE
         shared = c.get("shared_expert_intermediate_size") or 0

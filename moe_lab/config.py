@@ -24,6 +24,12 @@ ROUTER_TYPES = (
 )
 ACTIVATIONS = ("swiglu", "gelu")
 DROP_POLICIES = ("position", "probability")
+# How the top-K experts are chosen (Hugging Face's ``topk_method``): over all E experts, or inside
+# the best ``topk_group`` of ``n_group`` expert groups, a group scored by its best expert
+# (DeepSeek-V2) or by the sum of its two best bias-corrected scores (DeepSeek-V3).
+TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+GROUP_LIMITED_ROUTERS = ("softmax_topk", "sigmoid_bias")
+SCALED_ROUTERS = ("softmax_topk", "switch", "sigmoid_bias")  # apply routed_scaling_factor
 
 
 def require(condition: bool, message: str) -> None:
@@ -76,11 +82,23 @@ class MoEConfig:
         seq_aux_loss_weight: weight of DeepSeek-V3's sequence-wise balance loss (0.0001 there).
         bias_update_rate: u, the step of the loss-free balancing bias (0.001 in DeepSeek-V3);
             0 disables it.
-        routed_scaling_factor: multiplies the routed combine weights (2.5 in DeepSeek-V3).
+        routed_scaling_factor: multiplies the routed combine weights (2.5 in DeepSeek-V3, 16 in
+            DeepSeek-V2); applied by the ``softmax_topk``, ``switch`` and ``sigmoid_bias`` routers.
         router_temperature: logits are divided by it before softmax/sigmoid.
         noise_std: ``noisy_topk`` only: a fixed noise std for every token and expert; ``None``
             (default) learns it per token as ``softplus(x W_noise)`` (Shazeer et al. 2017).
-        validate_inputs: check input dtype, width and finiteness on every forward.
+        validate_inputs: check input dtype, width and finiteness on every forward. On CUDA the
+            finiteness check reads one value on the host (a synchronization): set False for a
+            forward without it.
+        topk_method: one of ``TOPK_METHODS``: ``"greedy"`` (top-K over all experts),
+            ``"group_limited_greedy"`` (DeepSeek-V2: the experts are split into ``n_group``
+            contiguous groups, a group is scored by its best expert, and the top-K are chosen
+            inside the best ``topk_group`` groups) or ``"noaux_tc"`` (DeepSeek-V3: the same, a
+            group scored by the sum of its two best bias-corrected scores). With experts placed
+            group by group on devices, a token's experts then live on at most ``topk_group``
+            devices. See ``moe_lab.group_routing``.
+        n_group: number of expert groups (DeepSeek-V2: 8, V3: 8); must divide the routed experts.
+        topk_group: groups a token may use (DeepSeek-V2: 3, V3: 4).
     """
 
     d_model: int
@@ -106,6 +124,9 @@ class MoEConfig:
     router_temperature: float = 1.0
     noise_std: float | None = None
     validate_inputs: bool = True
+    topk_method: str = "greedy"
+    n_group: int = 1
+    topk_group: int = 1
 
     def __post_init__(self) -> None:
         require_positive_ints(
@@ -189,8 +210,56 @@ class MoEConfig:
             self.routed_scaling_factor > 0,
             f"routed_scaling_factor={self.routed_scaling_factor} must be > 0",
         )
+        require(
+            self.routed_scaling_factor == 1.0 or self.router in SCALED_ROUTERS,
+            f"routed_scaling_factor={self.routed_scaling_factor} is applied only by the routers"
+            f" {', '.join(SCALED_ROUTERS)}: use one of them or leave it at 1.0",
+        )
+        self._check_group_limit()
         # The dispatch registry validates the backend name at layer construction (it imports
         # torch modules this file must not depend on).
+
+    def _check_group_limit(self) -> None:
+        """Validate ``topk_method``, ``n_group`` and ``topk_group`` (DeepSeek's group limit)."""
+        require_positive_ints(self, "n_group", "topk_group")
+        require(
+            self.topk_method in TOPK_METHODS,
+            f"topk_method={self.topk_method!r} is unknown: choose one of {', '.join(TOPK_METHODS)}",
+        )
+        experts = self.n_experts * self.expert_segments
+        require(
+            experts % self.n_group == 0,
+            f"n_group={self.n_group} does not divide the {experts} routed experts:"
+            " choose an n_group that divides n_experts * expert_segments",
+        )
+        require(
+            self.topk_group <= self.n_group,
+            f"topk_group={self.topk_group} > n_group={self.n_group}: lower topk_group",
+        )
+        if self.topk_method == "greedy":
+            require(
+                self.topk_group == self.n_group,
+                f"n_group={self.n_group}, topk_group={self.topk_group} limit the groups only"
+                " with topk_method='group_limited_greedy' or 'noaux_tc': set one of them, or"
+                " topk_group=n_group for no limit",
+            )
+            return
+        require(
+            self.router in GROUP_LIMITED_ROUTERS,
+            f"topk_method={self.topk_method!r} needs router 'softmax_topk' (DeepSeek-V2) or"
+            f" 'sigmoid_bias' (DeepSeek-V3), got router={self.router!r}",
+        )
+        per_group = experts // self.n_group
+        require(
+            self.top_k * self.expert_segments <= self.topk_group * per_group,
+            f"top_k={self.top_k * self.expert_segments} experts cannot come from"
+            f" topk_group={self.topk_group} groups of {per_group}: raise topk_group",
+        )
+        require(
+            self.topk_method != "noaux_tc" or per_group >= 2,
+            "topk_method='noaux_tc' scores a group by its two best experts: use groups of at"
+            f" least 2 experts (n_group <= {experts // 2})",
+        )
 
     # Effective sizes after fine-grained segmentation: these are what the layer builds.
     @property

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_lab.config import MoEConfig, expert_capacity
+from moe_lab.group_routing import select_experts
 
 
 @dataclass
@@ -47,8 +48,23 @@ class RoutingResult:
 
     def tokens_per_expert(self) -> torch.Tensor:
         """(E,) long: how many assignments each expert received."""
-        flat = self.indices.reshape(-1) if self.mask is None else self.indices[self.mask]  # (M,)
-        return torch.bincount(flat, minlength=self.n_experts)
+        return expert_counts(self.indices, self.n_experts, self.mask)
+
+
+def expert_counts(
+    indices: torch.Tensor, n_experts: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(E,) long: assignments per expert, counting only where ``mask`` (N, K) is True.
+
+    A scatter-add rather than ``torch.bincount`` or boolean indexing: on CUDA both of those read
+    a value back to the host (bincount its largest input, indexing its number of hits), which
+    stalls the forward; this stays on the device.
+
+    Shape: indices (N, K) -> (E,)
+    """
+    flat = indices.reshape(-1)  # (N*K,)
+    ones = torch.ones_like(flat) if mask is None else mask.reshape(-1).long()  # (N*K,)
+    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat, ones)
 
 
 def softmax_over_experts(logits: torch.Tensor) -> torch.Tensor:
@@ -75,6 +91,15 @@ class Router(nn.Module):
         self.temperature = config.router_temperature
         self.gate = nn.Linear(config.d_model, self.n_experts, bias=False)
         self.register_buffer("selection_bias", torch.zeros(self.n_experts))
+        # DeepSeek's group limit (moe_lab.group_routing); "greedy" is plain top-K
+        self.topk_method = config.topk_method
+        self.n_group, self.topk_group = config.n_group, config.topk_group
+
+    def select(self, selection_scores: torch.Tensor) -> torch.Tensor:
+        """(N, E) selection scores -> (N, K) chosen experts, within the group limit if any."""
+        return select_experts(
+            selection_scores, self.top_k, self.topk_method, self.n_group, self.topk_group
+        )
 
     def compute_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, E), stored expert-major: a transposed view of an (E, N) tensor.
@@ -91,7 +116,10 @@ class Router(nn.Module):
         raise NotImplementedError
 
     def extra_repr(self) -> str:
-        return f"n_experts={self.n_experts}, top_k={self.top_k}"
+        limit = ""
+        if self.topk_method != "greedy":
+            limit = f", {self.topk_method}: top {self.topk_group} of {self.n_group} groups"
+        return f"n_experts={self.n_experts}, top_k={self.top_k}{limit}"
 
 
 class SoftmaxTopKRouter(Router):
@@ -103,21 +131,29 @@ class SoftmaxTopKRouter(Router):
     softmax is monotonic and the normalizer cancels. For K = 1 with renormalization the weight is
     exactly 1, so the language-model loss sends no gradient into the router.
 
-    Reference: Fedus et al. 2021 (Switch), eq. (1)-(2); Jiang et al. 2024 (Mixtral), eq. (1).
+    DeepSeek-V2 routes this way too, within its group limit (``topk_method=
+    "group_limited_greedy"``, ``moe_lab.group_routing``), and multiplies the weights by its
+    ``routed_scaling_factor`` (16 in DeepSeek-V2's config.json); 1.0 everywhere else.
+
+    Reference: Fedus et al. 2021 (Switch), eq. (1)-(2); Jiang et al. 2024 (Mixtral), eq. (1);
+    DeepSeek-AI 2024 (DeepSeek-V2), section 2.2.2.
     """
 
     def __init__(self, config: MoEConfig, normalize: bool | None = None) -> None:
         super().__init__(config)
         self.normalize = config.normalize_topk if normalize is None else normalize
+        self.scaling = config.routed_scaling_factor
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> RoutingResult:
         logits = self.compute_logits(x)  # (N, E)
         probs = softmax_over_experts(logits)  # (N, E)
         with torch.no_grad():  # selection: no gradient flows through the choice itself
-            _, indices = torch.topk(probs + self.selection_bias, self.top_k, dim=-1)  # (N, K)
+            indices = self.select(probs + self.selection_bias)  # (N, K)
         weights = probs.gather(-1, indices)  # (N, K)
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.scaling != 1.0:
+            weights = weights * self.scaling
         return RoutingResult(indices, weights.to(x.dtype), probs, logits)
 
 
@@ -241,6 +277,10 @@ class SigmoidBiasRouter(Router):
     ``probs`` holds ``s / sum_j s_j``, the normalized affinities DeepSeek-V3's sequence-wise
     balance loss uses.
 
+    With ``topk_method="noaux_tc"`` the K experts come from the best ``topk_group`` of
+    ``n_group`` groups, each scored by its two best biased scores (V3's node-limited routing,
+    section 2.1.2; ``moe_lab.group_routing``).
+
     Reference: DeepSeek-AI 2024, "DeepSeek-V3 Technical Report", eq. (12)-(16), (17)-(20).
     """
 
@@ -252,7 +292,7 @@ class SigmoidBiasRouter(Router):
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> RoutingResult:
         logits = self.compute_logits(x)  # (N, E)
         scores = logits.float().sigmoid()  # (N, E)
-        _, indices = torch.topk(scores + self.selection_bias, self.top_k, dim=-1)  # (N, K)
+        indices = self.select(scores + self.selection_bias)  # (N, K)
         weights = scores.gather(-1, indices)  # (N, K), unbiased scores
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)

@@ -20,7 +20,7 @@
 # - say exactly when the order of softmax and top-k matters (k = 1, and the balancing loss) and when it cannot (the output for k ≥ 2 with renormalization), with property checks to prove it;
 # - find and fix the bugs in the MoE code that circulates in interview answers;
 # - explain noisy top-k, Switch top-1, expert choice, hash routing and DeepSeek-V3's sigmoid router with a selection-only bias, and the trap in each: noise is not what balances the load, top-1 with renormalization never trains its router, expert choice leaks future tokens in a decoder;
-# - write the naive loop dispatch and the sorted dispatch, check them equal (outputs and gradients), and time them;
+# - write the naive loop dispatch and the sorted dispatch and check them equal, outputs and gradients (notebook 07 times them);
 # - drive the routing explorer by hand and from code.
 #
 # **Time**: about 60 minutes to read; the notebook runs in under 30 seconds on 2 CPU cores.
@@ -490,7 +490,7 @@ assert not torch.allclose(misread, biased.weights, atol=1e-3)
 
 
 # %% [markdown]
-# ## 9. Dispatch: from routing decisions to outputs, and how fast
+# ## 9. Dispatch: from routing decisions to outputs
 #
 # Routing says which expert each (token, slot) goes to; *dispatch* computes `y[n] = Σ_k w[n, k] · expert_{i[n, k]}(x[n])`. Three ways:
 #
@@ -498,7 +498,7 @@ assert not torch.allclose(misread, biased.weights, atol=1e-3)
 # 2. **per-expert loop** (`moe_lab.dispatch.dispatch_naive`, the library's reference): for each expert, find its tokens, run it once on all of them, scatter back; E products per projection, but a search over all assignments per expert;
 # 3. **sort by expert** (`dispatch_sorted`, the MegaBlocks idea without its kernels; Gale et al. 2022): sort the N·K assignments by expert once, gather the rows once, run each expert on its contiguous slice, scatter back (from scratch below: one `index_add`; the library un-sorts with a gather through the inverse permutation, which is faster on a CPU).
 #
-# On the CPU the library runs the sorted dispatch's expert step in C++ (`moe_lab/csrc/sorted_experts.cpp`, compiled on first use): the same steps as the Python version, one operator call for the forward and one for the backward instead of one per product, and the experts in parallel on torch's threads. The Python version stays the readable one: backend `sorted_python` (`dispatch_sorted(..., engine="python")`), and the tests hold the two equal.
+# On the CPU the library's `sorted` backend runs this in C++ (`moe_lab/csrc`); backend `sorted_python` is its readable Python version, and the tests hold the two equal.
 #
 # From scratch first (1 and 3), then everything checked equal to the library.
 
@@ -570,74 +570,7 @@ print("gradients equal for:", ", ".join(naive_grads))
 print("sorted runs:", kernel_status())
 
 # %% [markdown]
-# **Timing**, at the sizes of the notebook 01 baseline: N = 1024 tokens, D = 128, E = 8 experts of width F = 256, top-2.
-# Each token uses two experts of width 256, the same FLOPs as the dense FFN of width 512 timed in notebook 01, which runs here alongside as the reference ("routing is free" would mean the same time).
-# Forward (no gradient) and forward + backward, interleaved repetitions, median; your numbers will differ, and on a busy machine they move from run to run.
-# **Claim**: all three give the same output here too, and the sorted dispatch is more than 3 times faster than the per-(token, slot) loop, which pays for N·K tiny products and N·K host reads.
-# The sorted dispatch's Python version and the per-expert loop run the same E large products per projection one after another, so their forward passes are close on a CPU; the sorted backend's hand-written backward avoids the full-size (E, D, F) gradient buffer that autograd fills for every `w_up[e]` the loop indexes. The C++ version does the same arithmetic with the experts in parallel (this notebook uses one thread, so here it only saves the per-call overhead). Which one wins, and by how much, depends on the sizes, the machine and its load, so nothing is asserted about it here.
-
-# %%
-torch.manual_seed(8)
-big = MoELayer(MoEConfig(d_model=128, d_expert=256, n_experts=E, top_k=K))
-dense_same_flops = DenseFFN(128, K * 256)
-x_big = torch.randn(1024, 128)
-with torch.no_grad():
-    routing_big = big.router(x_big)
-    outputs = {"per-(token, slot) loop": dispatch_token_loop(x_big, routing_big, big.experts),
-               "per-expert loop (naive)": dispatch_naive(x_big, routing_big, big.experts).y,
-               "sorted": dispatch_sorted(x_big, routing_big, big.experts).y}
-for y in outputs.values():
-    assert torch.allclose(y, outputs["per-expert loop (naive)"], atol=1e-4)
-
-
-def no_grad(fn):
-    def run():
-        with torch.no_grad():
-            fn()
-    return run
-
-
-def train_step(dispatch):
-    def run():
-        big.zero_grad()
-        x_req = x_big.clone().requires_grad_(True)
-        dispatch(x_req, big.router(x_req), big.experts).y.sum().backward()
-    return run
-
-
-def dense_train_step():
-    dense_same_flops(x_big.clone().requires_grad_(True)).sum().backward()
-
-
-forward = time_interleaved({
-    "per-(token, slot) loop": no_grad(lambda: dispatch_token_loop(x_big, routing_big, big.experts)),
-    "per-expert loop (naive)": no_grad(lambda: dispatch_naive(x_big, routing_big, big.experts)),
-    "sorted": no_grad(lambda: dispatch_sorted(x_big, routing_big, big.experts)),
-    "sorted (Python)": no_grad(lambda: dispatch_sorted_python(x_big, routing_big, big.experts)),
-    "dense FFN, F=512 (same FLOPs)": no_grad(lambda: dense_same_flops(x_big)),
-}, repeats=5, warmup=1)
-training = time_interleaved({
-    "per-expert loop (naive)": train_step(dispatch_naive),
-    "sorted": train_step(dispatch_sorted),
-    "sorted (Python)": train_step(dispatch_sorted_python),
-    "dense FFN, F=512 (same FLOPs)": dense_train_step,
-}, repeats=5, warmup=1)
-milliseconds = {name: median(t) * 1e3 for name, t in forward.items()}
-train_ms = {name: median(t) * 1e3 for name, t in training.items()}
-for name, ms in milliseconds.items():
-    both = f"{train_ms[name]:8.2f} ms" if name in train_ms else "       (not timed)"
-    print(f"{name:30s} forward {ms:8.2f} ms | forward+backward {both}")
-figure = go.Figure([
-    go.Bar(name="forward", x=list(milliseconds), y=list(milliseconds.values())),
-    go.Bar(name="forward + backward", x=list(train_ms), y=list(train_ms.values())),
-])
-figure.update_layout(title="Dispatch, N=1024, D=128, top-2 of 8 experts of width 256", yaxis_title="ms (median)",
-                     yaxis_type="log", barmode="group", height=380)
-figure.show()
-assert milliseconds["per-(token, slot) loop"] > 3 * milliseconds["sorted"]
-
-# %% [markdown]
-# The dense FFN of the same FLOPs is the reference: routing, sorting and gathering are the overhead. `python -m moe_lab.bench layer` measures this ratio properly (forward and backward, several sizes), and notebook 07 climbs the rest of the dispatch ladder (grouped GEMM, the GShard one-hot einsum, the GPU). At large batches the benchmark can find the sorted layer *faster* than the dense FFN: on the course's 2-core CPU, 1.28 times at N=4096, top-2 of 8, forward+backward, and 1.21 for the Python version in the same run (`benchmarks/results/layer-cpu-20261123T221612Z.json`; over its 8 shapes the geometric mean is 0.87 for the C++ version, 0.75 for the Python one). That is memory management, not arithmetic: the sorted backend reuses its large buffers between calls (`moe_lab.buffers`), while the plain FFN's (N, 2F) temporaries are fresh allocations that the operating system page-faults in every call. With `--retain-freed-memory`, which makes the C allocator keep freed memory for both, the Python version measured 0.95 at that shape (`...T201118Z.json`).
+# Timing these dispatches, the rest of the dispatch ladder (masked loop, GShard's one-hot einsum, grouped GEMM), the GPU path and the CPU memory management behind the sorted backend: notebook 07.
 #
 # ## 10. The routing explorer
 #

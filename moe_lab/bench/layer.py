@@ -3,6 +3,11 @@
 For each shape (N tokens, D, F, E, K) it builds one ``MoELayer`` per backend (same weights) and a
 dense SwiGLU FFN of width K*F, then times forward and forward+backward in one process with
 interleaved repetitions, and reports ``time(dense) / time(backend)``: 1.0 means routing is free.
+
+``--device cuda --dtype bfloat16`` runs the same comparison on a GPU (the ``sorted`` backend is
+its Python engine there, the C++ kernels being CPU-only) and records, per backend, how many host
+synchronizations one forward makes (``torch.cuda.set_sync_debug_mode``). The JSON result names
+the device (``machine.device_name``) and the dtype.
 """
 
 from __future__ import annotations
@@ -64,13 +69,37 @@ def grid(quick: bool) -> list[Shape]:
 NAIVE_MAX_EXPERTS = 8  # the reference loop's backward costs O(E^2) memory traffic: skip it above
 
 
-def backends_to_time(include_naive: bool) -> list[str]:
-    names = ["sorted", "sorted_python"]  # on the CPU: the C++ kernels, then their Python twin
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def backends_to_time(include_naive: bool, device: str = "cpu") -> list[str]:
+    # on the CPU: the C++ kernels, then their Python twin; elsewhere "sorted" is the Python one
+    names = ["sorted", "sorted_python"] if torch.device(device).type == "cpu" else ["sorted"]
     if grouped_mm_available():
         names.append("grouped")
     if include_naive:
         names.insert(0, "naive")
     return names
+
+
+def runs(layer, x: torch.Tensor) -> str | None:
+    """None if the layer runs on x; otherwise the error, in one line (grouped_mm on an old GPU)."""
+    try:
+        with torch.no_grad():
+            layer(x)
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def cuda_syncs_per_forward(layer, x: torch.Tensor) -> int | None:
+    """Host synchronizations in one forward, counted by CUDA's sync debug mode; None on the CPU."""
+    if x.device.type != "cuda":
+        return None
+    from moe_lab.profiling import count_cuda_syncs
+
+    with torch.no_grad():
+        return count_cuda_syncs(lambda: layer(x))
 
 
 def make_step(module, x: torch.Tensor, grad: torch.Tensor, backward: bool, is_moe: bool):
@@ -90,7 +119,14 @@ def make_step(module, x: torch.Tensor, grad: torch.Tensor, backward: bool, is_mo
     return step
 
 
-def bench_shape(shape: Shape, repeats: int, include_naive: bool, device: str) -> dict:
+def bench_shape(
+    shape: Shape,
+    repeats: int,
+    include_naive: bool,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    validate_inputs: bool = True,
+) -> dict:
     torch.manual_seed(0)
     cfg = MoEConfig(
         d_model=shape.d_model,
@@ -98,17 +134,28 @@ def bench_shape(shape: Shape, repeats: int, include_naive: bool, device: str) ->
         n_experts=shape.n_experts,
         top_k=shape.top_k,
         dispatch="sorted",
+        validate_inputs=validate_inputs,
     )
-    reference = MoELayer(cfg).to(device)
-    layers = {}
-    for name in backends_to_time(include_naive and shape.n_experts <= NAIVE_MAX_EXPERTS):
-        layer = MoELayer(MoEConfig(**{**cfg.__dict__, "dispatch": name})).to(device)
+    reference = MoELayer(cfg).to(device, dtype)
+    dense = DenseFFN(shape.d_model, shape.top_k * shape.d_expert).to(device, dtype)
+    x = torch.randn(shape.n_tokens, shape.d_model, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(shape.n_tokens, shape.d_model, device=device, dtype=dtype)
+    layers, unavailable, host_syncs = {}, {}, {}
+    include_naive = include_naive and shape.n_experts <= NAIVE_MAX_EXPERTS
+    for name in backends_to_time(include_naive, device):
+        layer = MoELayer(MoEConfig(**{**cfg.__dict__, "dispatch": name})).to(device, dtype)
         layer.load_state_dict(reference.state_dict())
+        error = runs(layer, x)
+        if error is not None:
+            unavailable[name] = error
+            continue
         layers[name] = layer
-    dense = DenseFFN(shape.d_model, shape.top_k * shape.d_expert).to(device)
-    x = torch.randn(shape.n_tokens, shape.d_model, device=device, requires_grad=True)
-    grad = torch.randn(shape.n_tokens, shape.d_model, device=device)
+        host_syncs[name] = cuda_syncs_per_forward(layer, x)
     result = {"shape": shape.__dict__, "seconds": {}, "ratio_dense_over_backend": {}}
+    if unavailable:
+        result["unavailable"] = unavailable
+    if torch.device(device).type == "cuda":
+        result["cuda_host_syncs_per_forward"] = host_syncs
     for mode, backward in (("forward", False), ("forward_backward", True)):
         candidates = {"dense": make_step(dense, x, grad, backward, is_moe=False)}
         for name, layer in layers.items():
@@ -127,7 +174,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per candidate")
     parser.add_argument("--no-naive", action="store_true", help="skip the slow reference loop")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations"
+    )
+    parser.add_argument(
+        "--no-input-check",
+        action="store_true",
+        help="build the layers with validate_inputs=False (on a GPU its finiteness check is a"
+        " host synchronization per forward)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON result")
+    parser.add_argument(
+        "--results-dir", default=None, help="where the JSON goes (default: benchmarks/results)"
+    )
     parser.add_argument(
         "--retain-freed-memory",
         action="store_true",
@@ -140,18 +199,21 @@ def run(args: argparse.Namespace) -> dict:
     retained = retain_freed_memory() if args.retain_freed_memory else False
     shapes = grid(args.quick)
     rows = []
-    header = f"{'shape':<36} {'mode':<17} " + " ".join(
-        f"{name:>8}" for name in backends_to_time(not args.no_naive)
-    )
+    dtype = DTYPES[args.dtype]
+    names = backends_to_time(not args.no_naive, args.device)
+    header = f"{'shape':<36} {'mode':<17} " + " ".join(f"{name:>8}" for name in names)
     print("time(dense FFN of width K*F) / time(MoE layer); 1.00 = routing is free")
     print(header)
     for shape in shapes:
-        result = bench_shape(shape, repeats, not args.no_naive, args.device)
+        result = bench_shape(
+            shape, repeats, not args.no_naive, args.device, dtype, not args.no_input_check
+        )
         rows.append(result)
+        for name, error in result.get("unavailable", {}).items():
+            print(f"{shape.label()}: {name} skipped: {error}")
         for mode, ratios in result["ratio_dense_over_backend"].items():
             cells = " ".join(
-                f"{ratios[name]:8.2f}" if name in ratios else f"{'-':>8}"
-                for name in backends_to_time(not args.no_naive)
+                f"{ratios[name]:8.2f}" if name in ratios else f"{'-':>8}" for name in names
             )
             print(f"{shape.label():<36} {mode:<17} {cells}", flush=True)
     grid_rows = [
@@ -162,16 +224,19 @@ def run(args: argparse.Namespace) -> dict:
         and r["shape"]["top_k"] in (1, 2)
     ]
     summary = {}
-    for name in backends_to_time(include_naive=False):
-        summary[name] = {
-            mode: geometric_mean([r["ratio_dense_over_backend"][mode][name] for r in grid_rows])
-            for mode in ("forward", "forward_backward")
-        }
+    for name in backends_to_time(include_naive=False, device=args.device):
+        if all(name in r["ratio_dense_over_backend"]["forward"] for r in grid_rows):
+            summary[name] = {
+                mode: geometric_mean([r["ratio_dense_over_backend"][mode][name] for r in grid_rows])
+                for mode in ("forward", "forward_backward")
+            }
     headline = next(r for r in rows if tuple(r["shape"].values()) == HEADLINE)
     head_ratio = headline["ratio_dense_over_backend"]["forward_backward"]["sorted"]
     payload = {
         "benchmark": "layer",
         "machine": machine_info(args.device),
+        "dtype": args.dtype,
+        "validate_inputs": not args.no_input_check,
         "quick": bool(args.quick),
         "retain_freed_memory": retained,
         "repeats": repeats,
@@ -180,7 +245,7 @@ def run(args: argparse.Namespace) -> dict:
         "headline_sorted_forward_backward": head_ratio,
     }
     if not args.no_write:
-        path = write_result("layer", payload)
+        path = write_result("layer", payload, getattr(args, "results_dir", None))
         print(f"wrote {path}")
     print(
         f"summary: sorted fwd+bwd {head_ratio:.2f}x dense at {Shape(*HEADLINE).label()};"

@@ -9,6 +9,8 @@ and gives the same result as ``naive`` (tests/test_dispatch.py checks outputs an
 A ``capacity`` makes any backend drop the over-capacity assignments by the same rule.
 
     naive     readable loop over experts: the reference
+    masked    every expert on every token, unchosen outputs multiplied by 0: E/K times the FLOPs
+    einsum    GShard's one-hot (N, E, C) dispatch and combine tensors and two einsums
     capacity  GShard/Switch: fixed (E, C, D) buffer, three bmm's, drops over capacity
     sorted    dropless: sort by expert, one gather, per-expert GEMMs, one weighted un-sort;
               on the CPU its forward and backward run in C++ (moe_lab/csrc), experts in parallel
@@ -24,7 +26,9 @@ from collections.abc import Callable
 
 from moe_lab.dispatch.capacity import dispatch_capacity
 from moe_lab.dispatch.common import DispatchOutput, capacity_queue, kept_assignments
+from moe_lab.dispatch.einsum import dispatch_einsum
 from moe_lab.dispatch.grouped import dispatch_grouped, grouped_mm_available
+from moe_lab.dispatch.masked import dispatch_masked
 from moe_lab.dispatch.naive import dispatch_naive
 from moe_lab.dispatch.sorted import dispatch_sorted, dispatch_sorted_python
 
@@ -32,6 +36,8 @@ Backend = Callable[..., DispatchOutput]
 
 BACKENDS: dict[str, Backend] = {
     "naive": dispatch_naive,
+    "masked": dispatch_masked,
+    "einsum": dispatch_einsum,
     "capacity": dispatch_capacity,
     "sorted": dispatch_sorted,
     "sorted_python": dispatch_sorted_python,
@@ -54,7 +60,9 @@ __all__ = [
     "DispatchOutput",
     "capacity_queue",
     "dispatch_capacity",
+    "dispatch_einsum",
     "dispatch_grouped",
+    "dispatch_masked",
     "dispatch_naive",
     "dispatch_sorted",
     "dispatch_sorted_python",

@@ -89,9 +89,9 @@ def capacity_queue(
     # Invalid slots (expert choice's unchosen pairs) go to a dummy queue E and never keep.
     queue = torch.where(valid, experts, torch.full_like(experts, n_experts))  # (M,)
     sorted_queue, perm = torch.sort(queue, stable=True)  # stable: keeps the priority order
-    counts = torch.bincount(sorted_queue, minlength=n_experts + 1)  # (E+1,)
-    starts = torch.cumsum(counts, 0) - counts  # (E+1,)
-    rank = torch.arange(queue.numel(), device=queue.device) - starts[sorted_queue]  # (M,)
+    # where each entry's queue begins: a binary search, not bincount (which syncs on a GPU)
+    queue_start = torch.searchsorted(sorted_queue, sorted_queue)  # (M,)
+    rank = torch.arange(queue.numel(), device=queue.device) - queue_start  # (M,)
     keep_sorted = (rank < capacity) & (sorted_queue < n_experts)  # (M,)
     flat_ids = order[perm]  # (M,) flat assignment id of each sorted entry
     keep = torch.zeros(n_tokens * k, dtype=torch.bool, device=queue.device)
@@ -120,19 +120,30 @@ class ExpertSort:
     row M (a zero row the caller appends) when the slot was dropped or is not an assignment. So
     ``combine_sorted`` gathers each token's K rows without a scatter (``index_add`` is several
     times slower than a gather on the CPU).
+
+    ``device_offsets`` holds the offsets on the tensors' device; ``counts`` and ``offsets`` the
+    same on the host, for engines that loop over experts in Python (None when not asked for:
+    reading them is a host synchronization on a GPU).
     """
 
     token_index: torch.Tensor  # (M,) long: source token of each sorted assignment
     slot_index: torch.Tensor  # (M,) long: assignment slot n*K + k of each sorted row
     inverse: torch.Tensor  # (N*K,) long: sorted row of each slot, M where there is none
-    counts: list[int]  # (E,) assignments per expert, on the host
-    offsets: list[int]  # (E+1,) prefix sums of counts
+    device_offsets: torch.Tensor  # (E+1,) long: prefix sums of the counts, on the device
+    counts: list[int] | None  # (E,) assignments per expert, on the host
+    offsets: list[int] | None  # (E+1,) prefix sums of counts, on the host
 
 
-def sort_by_expert(routing: RoutingResult, keep: torch.Tensor | None) -> ExpertSort:
-    """Sort the kept (token, slot) assignments by expert; one host sync for the counts.
+def sort_by_expert(
+    routing: RoutingResult, keep: torch.Tensor | None, host_offsets: bool = True
+) -> ExpertSort:
+    """Sort the kept (token, slot) assignments by expert.
 
-    ``keep`` (N, K) bool, or None when every slot is kept (dropless token choice).
+    ``keep`` (N, K) bool, or None when every slot is kept (dropless token choice). The offsets are
+    found on the device (a binary search of each expert id in the sorted ids); ``host_offsets``
+    then copies them to the host, the one synchronization of a dropless sort on a GPU. A ``keep``
+    with dropped slots costs two more there: checking whether anything was dropped, and
+    ``nonzero``, whose output size depends on the data.
     """
     n_tokens, k = routing.indices.shape
     experts = routing.indices.reshape(-1)  # (N*K,)
@@ -142,8 +153,10 @@ def sort_by_expert(routing: RoutingResult, keep: torch.Tensor | None) -> ExpertS
         slot_index = kept_slots[perm]  # (M,)
     else:  # every slot kept: the sort's permutation is the slot id itself
         experts_sorted, slot_index = torch.sort(experts, stable=True)  # (N*K,)
-    counts = torch.bincount(experts_sorted, minlength=routing.n_experts).tolist()
-    offsets = [0, *itertools.accumulate(counts)]
+    expert_ids = torch.arange(routing.n_experts + 1, device=experts.device)  # (E+1,)
+    device_offsets = torch.searchsorted(experts_sorted, expert_ids)  # (E+1,): first row of each
+    offsets = device_offsets.tolist() if host_offsets else None
+    counts = [b - a for a, b in itertools.pairwise(offsets)] if offsets is not None else None
     n_rows = slot_index.numel()
     inverse = torch.full((n_tokens * k,), n_rows, dtype=torch.long, device=experts.device)
     inverse[slot_index] = torch.arange(n_rows, device=experts.device)  # (N*K,)
@@ -151,6 +164,7 @@ def sort_by_expert(routing: RoutingResult, keep: torch.Tensor | None) -> ExpertS
         token_index=torch.div(slot_index, k, rounding_mode="floor"),  # (M,)
         slot_index=slot_index,
         inverse=inverse,
+        device_offsets=device_offsets,
         counts=counts,
         offsets=offsets,
     )

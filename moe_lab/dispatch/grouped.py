@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils import flop_counter
 
 from moe_lab.dispatch.common import (
     DispatchOutput,
@@ -20,6 +21,17 @@ from moe_lab.dispatch.common import (
 )
 from moe_lab.experts import StackedExperts
 from moe_lab.routers import RoutingResult
+
+if hasattr(torch.ops.aten, "_grouped_mm") and (
+    torch.ops.aten._grouped_mm.default not in flop_counter.flop_registry
+):  # torch's FlopCounterMode has no formula for it (torch 2.13): it would count zero FLOPs
+
+    @flop_counter.register_flop_formula(torch.ops.aten._grouped_mm)
+    def _grouped_mm_flops(mat_a, mat_b, *args, **kwargs) -> int:
+        """(M, K) rows times E matrices (E, K, N), each row multiplied by one: 2*M*K*N FLOPs."""
+        if len(mat_a) == 2 and len(mat_b) == 3:
+            return 2 * mat_a[0] * mat_a[1] * mat_b[2]
+        raise NotImplementedError(f"FLOPs of grouped_mm for shapes {mat_a} x {mat_b}")
 
 
 def grouped_mm_available() -> bool:
@@ -58,6 +70,12 @@ def dispatch_grouped(
 ) -> DispatchOutput:
     """Sort by expert, then one grouped GEMM per projection.
 
+    Dropless, nothing in this function waits for the GPU: the group ends that ``grouped_mm``
+    takes are computed on the device (``sort_by_expert(..., host_offsets=False)``), and every
+    shape is known on the host (N*K rows). With a ``capacity`` the number of kept rows depends on
+    the routing, so finding them (``nonzero``) reads it back: two synchronizations remain there.
+    The ``capacity`` backend keeps static shapes instead, at the cost of padding.
+
     Shape: x (N, D) -> y (N, D)
     """
     if not grouped_mm_available():
@@ -67,8 +85,9 @@ def dispatch_grouped(
         )
     check_alignment(x, experts)
     keep, dropped = kept_assignments(routing, capacity, drop_policy)  # (N, K) each
-    order = sort_by_expert(routing, keep)
-    ends = torch.tensor(order.offsets[1:], dtype=torch.int32, device=x.device)  # (E,)
+    every_slot_kept = capacity is None and routing.mask is None  # dropless token choice
+    order = sort_by_expert(routing, None if every_slot_kept else keep, host_offsets=False)
+    ends = order.device_offsets[1:].to(torch.int32)  # (E,) end row of each expert's group
     rows = x.index_select(0, order.token_index)  # (N, D) -> (M, D)
     up = _grouped(rows, experts.w_up, ends)  # (M, F)
     gate = _grouped(rows, experts.w_gate, ends) if experts.w_gate is not None else None

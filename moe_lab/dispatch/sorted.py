@@ -225,9 +225,16 @@ def dispatch_sorted(
 ) -> DispatchOutput:
     """Dropless sort-by-expert dispatch (drops only if a ``capacity`` is given).
 
-    ``engine``: ``"python"`` runs ``SortedExpertsFunction`` (readable, any device and dtype);
-    ``"auto"`` runs its C++ twin on CPU float32/float64 when ``moe_lab.cpp_kernels`` could
-    build it (see ``moe_lab.dispatch.sorted_cpp``), the Python version otherwise.
+    ``engine``: ``"python"`` runs ``SortedExpertsFunction`` (readable, any device and dtype,
+    CUDA bfloat16 included); ``"auto"`` runs its C++ twin on CPU float32/float64 when
+    ``moe_lab.cpp_kernels`` could build it (see ``moe_lab.dispatch.sorted_cpp``), the Python
+    version otherwise.
+
+    Host synchronizations on a GPU: one, dropless. Both engines loop over the experts on the
+    host, one matrix product per expert, so the host must know how many rows each expert got:
+    ``sort_by_expert`` copies the E+1 offsets to the host. That copy is the price of a
+    per-expert loop; the ``grouped`` backend hands the offsets to one kernel on the device and
+    avoids it. A ``capacity`` adds the two of ``sort_by_expert``'s filtering.
 
     Shape: x (N, D) -> y (N, D)
     """
