@@ -20,9 +20,10 @@
 # - read this CPU's timings of the ladder next to those counts, and say why a timing is shown and a count is asserted;
 # - explain what changes on a GPU: bfloat16, and the host synchronizations that stall it (which backend has none, which keeps one, and why);
 # - explain why the `sorted` backend reuses its buffers on the CPU, and measure what that saves;
+# - run expert parallelism on `torch.distributed` in several processes, check it against one process (outputs, losses, every gradient), count the bytes its all-to-alls move against the formula, and measure what an unbalanced load costs when the busiest rank sets the pace;
 # - explain DeepSeek's group-limited routing and count the devices a token's experts live on with and without it.
 #
-# **Time**: about 45 minutes to read; the notebook (without its expert-parallelism section) runs in about a minute on 2 CPU cores.
+# **Time**: about 45 minutes to read; the notebook runs in about a minute and a half on 2 CPU cores.
 #
 # Every checkable claim is checked by an `assert` in the next cell; timings are shown, never asserted (a busy machine can flip them). Shapes: `N` tokens, `D` model width, `F` expert width, `E` experts, `K` experts per token, `C` capacity per expert.
 
@@ -30,6 +31,7 @@
 import math
 import platform
 import resource
+from dataclasses import replace
 
 import plotly
 import plotly.graph_objects as go
@@ -41,10 +43,23 @@ import moe_lab
 from moe_lab import DenseFFN, MoEConfig, MoELayer
 from moe_lab.bench.common import median, time_interleaved
 from moe_lab.bench.results import layer_ratio_markdown, layer_results
+from moe_lab.budget import PRESETS as PUBLISHED
+from moe_lab.budget import count_parameters, from_model_config
 from moe_lab.checkpoints import moe_config_from_hf
 from moe_lab.cpp_kernels import kernel_status
 from moe_lab.dispatch import get_backend
 from moe_lab.group_routing import expected_groups_touched, groups_touched, select_experts
+from moe_lab.model import get_preset
+from moe_lab.parallel import run_parallel
+from moe_lab.parallel.demos import (
+    EqualityCase,
+    exchange_timing,
+    exchange_volume,
+    layer_equality,
+    memory_per_rank,
+    run_tasks,
+    straggler_step,
+)
 from moe_lab.profiling import audit_operators, peak_rss_increase
 
 torch.manual_seed(0)
@@ -366,9 +381,268 @@ display(Markdown(text))
 assert shape["n_tokens"] == 4096 and set(ratios) >= {"sorted", "grouped"}
 
 # %% [markdown]
-# ## 6. Expert parallelism
+# ## 6. Expert parallelism: the experts on several processes
 #
-# > **Placeholder: section added from `moe_lab.parallel`.** Expert parallelism run live in spawned processes (2 ranks, gloo) with its equality check against one process; the communication volume, counted against `moe_lab.budget`'s all-to-all formula; stragglers; memory per device. The lead splices this section in from the expert-parallelism work.
+# One device cannot hold every expert of a large MoE (DeepSeek-V3's 256 routed experts per
+# layer are most of its 671B parameters, measured below), so the experts are spread over
+# devices: with **W ranks**
+# (processes, one per device), rank r holds experts `[r E/W, (r+1) E/W)` of every MoE layer and
+# a replica of everything else (attention, embeddings, the router). Each rank trains on its own
+# slice of the batch. In every MoE layer, on every rank at once:
+#
+# 1. route its own tokens (the router is replicated);
+# 2. tell every other rank how many token copies it will send to each of that rank's experts
+#    (an all-to-all of E integers), then send the copies themselves: **all-to-all** with
+#    variable sizes (`torch.distributed.all_to_all_single`);
+# 3. run its local experts on what arrived, with the same dispatch backends as one process;
+# 4. send the outputs back with the reverse all-to-all and combine them with the router weights.
+#
+# The all-to-all only permutes rows between processes, so its backward is the inverse
+# permutation: the same all-to-all with the send and receive sizes swapped. The replicated
+# parameters are ordinary data parallelism (torch's `DistributedDataParallel` averages their
+# gradients); an expert's gradient already arrives summed over every rank's tokens. This is the
+# layout of GShard (Lepikhin et al. 2020) and Switch Transformer (Fedus et al. 2021, section 5.4
+# and Figure 9, "expert and data parallelism"); `moe_lab.parallel` implements it on
+# `torch.distributed`, gloo on the CPU and NCCL on GPUs, with the same code. The README shows
+# how to launch it with `torchrun` on one machine or several; here `run_parallel` starts the
+# processes from Python.
+
+# %%
+EP_LAYER = MoEConfig(
+    d_model=32, d_expert=48, n_experts=8, top_k=2,
+    aux_loss_weight=0.01, z_loss_weight=1e-3, seq_aux_loss_weight=1e-3,
+)  # fmt: skip
+
+# %% [markdown]
+# ### Two processes, checked against one
+#
+# `run_parallel(fn, W, ...)` starts W processes that join one gloo process group and returns
+# what `fn` returned on each rank. The function they run, `layer_equality`, builds on every rank
+# an `ExpertParallelMoE` holding its 4 of the 8 experts, and a single-process `MoELayer` with
+# the same weights that sees both ranks' tokens concatenated. Each rank's loss is
+# `sum(y_r * g_r) + aux_loss / W`, so the ranks' losses add up to the single process's; the
+# function compares outputs, every balancing loss, and the gradients of the input, the router
+# and every expert.
+#
+# Three cases: tokens routed as the router likes; a skewed routing where rank 0's tokens only
+# choose rank 0's experts and rank 1's only rank 1's (each rank sends the other nothing, and the
+# last expert gets no token at all); and the same skew with a capacity of 1.0, where tokens are
+# dropped. GShard computes capacity per group of tokens, one group per device (section 2.2), so
+# which tokens drop depends on the rank's own batch; the single process reproduces it with
+# `capacity_groups=W`.
+
+# %%
+cases = [
+    EqualityCase(EP_LAYER, "random"),
+    EqualityCase(EP_LAYER, "skewed"),
+    EqualityCase(replace(EP_LAYER, capacity_factor=1.0), "skewed"),
+]
+equality = run_parallel(layer_equality, 2, cases)  # [rank][case]
+names = ["router's choice", "skewed", "skewed, capacity 1.0"]
+quantities = list(equality[0][0]["max_diff"])
+print(f"{'largest relative difference':>28} " + " ".join(f"{n:>22}" for n in names))
+for q in quantities:
+    worst = [max(equality[r][c]["max_diff"][q] for r in range(2)) for c in range(len(cases))]
+    print(f"{q:>28} " + " ".join(f"{w:22.1e}" for w in worst))
+for c, name in enumerate(names):
+    sent = [equality[r][c]["sent_rows"] for r in range(2)]
+    rows = [equality[r][c]["expert_rows"] for r in range(2)]
+    dropped = sum(equality[r][c]["n_dropped"] for r in range(2))
+    print(f"{name}: rows sent to the other rank {sent}, rows per expert {rows}, dropped {dropped}")
+
+# %%
+worst_overall = max(max(r["max_diff"].values()) for ranks in equality for r in ranks)
+assert worst_overall < 1e-5  # float32 round-off: the ranks add the same numbers in other orders
+assert all(r["tokens_per_expert_equal"] and r["dropped_equal"] for ranks in equality for r in ranks)
+skewed = [equality[r][1] for r in range(2)]
+assert [r["sent_rows"] for r in skewed] == [0, 0] and skewed[1]["expert_rows"][-1] == 0
+assert sum(equality[r][2]["n_dropped"] for r in range(2)) > 0
+capacity_sent = [equality[r][2]["sent_rows"] for r in range(2)]
+assert capacity_sent[0] == capacity_sent[1] > 0  # fixed buffers travel even when nothing must
+display(Markdown(
+    f"Every output, loss and gradient matches the single process to {worst_overall:.1e}"
+    " (relative), and the same assignments are dropped. The dropless skewed case exchanges no row"
+    " at all and leaves expert 7 idle; with capacity, the same routing drops"
+    f" {sum(equality[r][2]['n_dropped'] for r in range(2))} assignments in both runs, and each"
+    f" rank still sends its fixed buffers, {capacity_sent[0]} rows each way, full or empty."
+))
+
+# %% [markdown]
+# The balancing losses need the whole batch. The Switch loss `E sum_i f_i P_i` is built from the
+# fraction f_i of assignments and the mean probability P_i of each expert over *all* tokens, so
+# the ranks add up their counts and probability sums (one all-reduce, differentiable for P)
+# before forming it; the z-loss and DeepSeek-V3's sequence loss are means too. Many frameworks
+# instead average a per-rank loss; Qiu et al. 2025 ("Demons in the Detail", the global-batch
+# balancing used in Qwen3-MoE) found that the global statistics let experts specialize more.
+# Here they are simply what makes two processes equal one.
+#
+# The tests (`tests/test_parallel.py`) check more of the same: W = 1, 2 and 4, five routers and
+# backends, shared experts, and 20 steps of `ExpertParallelTrainer` against `Trainer` (losses and
+# parameters to float32 round-off, a checkpoint resumed bit for bit).
+
+# %% [markdown]
+# ### Communication volume
+#
+# A token copy whose expert lives on another rank crosses the network twice (dispatch and
+# combine), D values each way; a copy whose expert is local never leaves its process. With the
+# tokens and experts in equal contiguous blocks and uniform routing, a copy is remote with
+# probability (W - 1)/W, so one MoE layer moves `2 N K D (W - 1)/W` values per forward, and as
+# much again in the backward (`moe_lab.budget.all_to_all_bytes`). The layer counts the bytes it
+# sends; below, for N = 256 tokens split over W ranks, the count against the formula evaluated
+# on the same routing, and against its uniform expectation.
+
+# %%
+N_TOKENS = 256
+volume = {}  # (W, K) -> [per rank]
+for world in (1, 2, 4):
+    tasks = [
+        (exchange_volume, replace(EP_LAYER, top_k=k), N_TOKENS // world)
+        for k in (1, 2, 4)
+    ]
+    for k, per_rank in zip((1, 2, 4), zip(*run_parallel(run_tasks, world, tasks))):
+        volume[world, k] = per_rank
+print(f"{'W':>2} {'K':>2} {'counted (kB)':>13} {'formula, same routing':>22} {'uniform':>9}")
+for (world, k), ranks in volume.items():
+    counted = sum(r["counted_payload"] for r in ranks)
+    formula = sum(r["formula_rank"] for r in ranks)
+    uniform = sum(r["uniform_rank"] for r in ranks)
+    print(f"{world:>2} {k:>2} {counted / 1e3:13.1f} {formula / 1e3:22.1f} {uniform / 1e3:9.1f}")
+
+# %%
+assert all(r["counted_payload"] == r["formula_rank"] for ranks in volume.values() for r in ranks)
+assert all(r["counted_payload"] == 0 for r in volume[1, 2])  # one rank: nothing to send
+fig = go.Figure()
+for k in (1, 2, 4):
+    worlds = (1, 2, 4)
+    counted = [sum(r["counted_payload"] for r in volume[w, k]) / 1e3 for w in worlds]
+    uniform = [sum(r["uniform_rank"] for r in volume[w, k]) / 1e3 for w in worlds]
+    fig.add_trace(go.Scatter(x=worlds, y=counted, mode="markers", name=f"counted, K={k}",
+                             marker={"size": 10}))
+    fig.add_trace(go.Scatter(x=worlds, y=uniform, mode="lines", line={"dash": "dot"},
+                             name=f"uniform routing, K={k}"))
+fig.update_layout(title=f"Bytes one MoE layer sends per training step (N={N_TOKENS}, D=32, fp32)",
+                  xaxis_title="W (ranks)", yaxis_title="kB, all ranks", height=420)
+fig.show()
+
+# %% [markdown]
+# The count equals the formula on the same routing to the byte, on every rank. The volume grows
+# linearly with K and approaches its ceiling `4 N K D` (forward and backward) as W grows: with
+# many ranks almost every copy is remote. The formula has no expert width F in it: the experts
+# stay put and only activations move, which is why fine-grained MoEs with large K (DeepSeek-V3:
+# K = 8) pay more for communication per FLOP than coarse ones, and why DeepSeek-V3 limits each
+# token to 4 nodes (its section 2.1.2). With a capacity factor the buffers are sent whether full
+# or not, cf times the dropless expectation whatever the routing.
+
+# %% [markdown]
+# ### Where the time goes (loopback on one CPU)
+#
+# Two ranks on this machine, each on one thread, with a larger layer (D = 128, F = 256, 2048
+# tokens per rank). The layer times its own experts and each exchange. These exchanges are gloo
+# over loopback TCP between two processes sharing the same CPU and memory: they measure this
+# machine, **not a network**. Between GPUs the all-to-all runs over NVLink or InfiniBand, at
+# other speeds entirely.
+
+# %%
+big = MoEConfig(d_model=128, d_expert=256, n_experts=8, top_k=2, validate_inputs=False)
+timing = run_parallel(exchange_timing, 2, big, 2048)
+parts = ["experts", "counts", "dispatch", "combine", "dispatch.backward", "combine.backward"]
+fig = go.Figure()
+for name in parts:
+    fig.add_trace(go.Bar(name=name, x=[f"rank {r}" for r in range(2)],
+                         y=[timing[r].get(name, 0.0) * 1e3 for r in range(2)]))
+rest = [timing[r]["step"] - sum(timing[r].get(n, 0.0) for n in parts) for r in range(2)]
+fig.add_trace(go.Bar(name="rest (router, sort, combine, expert backward)",
+                     x=[f"rank {r}" for r in range(2)], y=[v * 1e3 for v in rest]))
+fig.update_layout(barmode="stack", height=380, yaxis_title="ms (median of 5 steps)",
+                  title="One forward + backward, loopback on one CPU: not network figures")
+fig.show()
+for r in range(2):
+    exchange = sum(timing[r].get(n, 0.0) for n in parts[1:])
+    print(f"rank {r}: step {timing[r]['step'] * 1e3:.0f} ms, experts (forward) "
+          f"{timing[r]['experts'] * 1e3:.0f} ms, exchanges {exchange * 1e3:.0f} ms "
+          f"({exchange / timing[r]['step']:.0%} of the step)")
+
+# %% [markdown]
+# The exchange times include waiting for the other rank to arrive: an all-to-all finishes only
+# when everyone has sent. That wait is the subject of the next measurement. These figures vary
+# from run to run and machine to machine; nothing here asserts on them.
+
+# %% [markdown]
+# ### Stragglers: the busiest rank sets the pace
+#
+# Every all-to-all is a barrier, so a step takes as long as its slowest rank. Below, the router's
+# selection bias (the knob loss-free balancing turns) is raised for rank 0's experts: 0 routes as
+# the router likes, and since probabilities are at most 1, a bias of 1 sends every copy to rank
+# 0. The rows each rank's experts compute are deterministic; the times beside them are measured.
+
+# %%
+biases = (0.0, 0.1, 1.0)
+straggle = list(zip(*run_parallel(
+    run_tasks, 2, [(straggler_step, big, 2048, b) for b in biases]
+)))  # [bias][rank]
+total_rows = 2 * 2048 * big.top_k
+print(f"{'bias':>5} {'rows rank 0':>12} {'rows rank 1':>12} {'mean/max':>9}"
+      f" {'experts ms (r0, r1)':>22} {'in exchanges ms':>18} {'step ms':>9}")
+efficiency = []
+for b, ranks in zip(biases, straggle):
+    rows = [r["expert_rows"] for r in ranks]
+    efficiency.append(sum(rows) / len(rows) / max(rows))
+    print(f"{b:5.1f} {rows[0]:12d} {rows[1]:12d} {efficiency[-1]:9.2f}"
+          f" {ranks[0]['experts'] * 1e3:10.0f} {ranks[1]['experts'] * 1e3:10.0f}"
+          f" {ranks[0]['exchange'] * 1e3:8.0f} {ranks[1]['exchange'] * 1e3:8.0f}"
+          f" {max(r['step'] for r in ranks) * 1e3:9.0f}")
+
+# %%
+assert all(sum(r["expert_rows"] for r in ranks) == total_rows for ranks in straggle)
+assert straggle[-1][1]["expert_rows"] == 0 and straggle[-1][0]["expert_rows"] == total_rows
+assert efficiency[0] > efficiency[1] > efficiency[2] == 0.5
+display(Markdown(
+    f"With the router's own choice the busier rank computes {1 / efficiency[0]:.2f}x the mean;"
+    f" with every copy on rank 0 it computes {1 / efficiency[-1]:.0f}x the mean while rank 1"
+    " idles, waiting inside the all-to-all (its exchange time above). On separate devices the step"
+    " time follows the busiest rank, so the useful fraction of the hardware is mean/max"
+    " (`1 / (1 + MaxVio)` in `moe_lab.balancing.max_violation`): this is what load balancing"
+    " buys under expert parallelism. On this machine the two ranks also share two cores and the"
+    " memory bus, so the measured times move less cleanly than on separate devices."
+))
+
+# %% [markdown]
+# ### Memory per device
+#
+# Expert parallelism divides only the experts: each rank holds E/W of them and a full copy of
+# everything else. Counted from the modules on each rank of the course's `tiny-moe`, against
+# `replicated + experts / W`:
+
+# %%
+tiny_counts = count_parameters(from_model_config(get_preset("tiny-moe")))
+routed, whole = tiny_counts.routed_experts, tiny_counts.total()
+print(f"tiny-moe: {whole:,} parameters, {routed / whole:.0%} of them in routed experts")
+for world in (2, 4):
+    per_rank = run_parallel(memory_per_rank, world, get_preset("tiny-moe"))
+    for r in per_rank:
+        assert r["expert"] == routed // world and r["replicated"] == whole - routed
+    held = per_rank[0]["expert"] + per_rank[0]["replicated"]
+    print(f"W={world}: {held:,} parameters per rank ({held / whole:.0%} of {whole:,});"
+          f" AdamW adds 2 float32 values per parameter")
+
+# %% [markdown]
+# For a published model the same split, in bf16 weights per device (`moe_lab.budget`):
+
+# %%
+print(f"{'model':>14} {'W=1':>9} {'W=8':>9} {'W=E':>9}   (GB of bf16 weights per device)")
+for name in ("Mixtral-8x7B", "DeepSeek-V3"):
+    c, n_experts = PUBLISHED[name].counts(), PUBLISHED[name].spec().moe.n_experts
+    per_device = [(c.total() - c.routed_experts + c.routed_experts / w) * 2 / 1e9
+                  for w in (1, 8, n_experts)]
+    print(f"{name:>14} " + " ".join(f"{gb:8.1f}G" for gb in per_device) + f"   (E={n_experts})")
+v3 = PUBLISHED["DeepSeek-V3"].counts()
+assert v3.routed_experts / v3.total() > 0.9  # almost all of DeepSeek-V3 is routed experts
+display(Markdown(
+    f"DeepSeek-V3's routed experts are {v3.routed_experts / v3.total():.0%} of its parameters, so"
+    " expert parallelism is what makes it fit; the replicated rest"
+    f" ({(v3.total() - v3.routed_experts) * 2 / 1e9:.0f} GB in bf16) is a floor that more ranks"
+    " do not lower (attention and embeddings need other parallelism: tensor or pipeline)."
+))
 
 # %% [markdown]
 # ## 7. Group-limited routing: how many devices does a token touch?
@@ -473,5 +747,24 @@ assert ratio < 1
 #
 # At most 4 (without the limit up to 8; about 5.3 on average for random choices, section 7). Since V3 sends a token over InfiniBand once per node it uses, the cross-node bytes per token fall in proportion to the nodes touched.
 # </details>
+#
+# 7. Why is the backward of the dispatch all-to-all another all-to-all, and which one?
+# <details><summary>Answer</summary>The all-to-all moves each row from one rank to another
+# without changing it: a permutation of the rows of all ranks together. The gradient of a
+# permutation is its inverse, so each gradient row is sent back to where its row came from:
+# the all-to-all with the send and receive sizes swapped.</details>
+#
+# 8. With W = 2 and a skewed routing, can one rank send more bytes than the other?
+# <details><summary>Answer</summary>No. A rank sends its remote copies (dispatch) and the
+# outputs for the copies it received (combine). With two ranks, what rank 0 receives is what
+# rank 1 sent, so both send s0 + s1 rows. From W = 3 on the per-rank volumes differ
+# (`all_to_all_bytes(..., expert_indices=...)["by_rank"]`).</details>
+#
+# 9. With a capacity factor, does expert parallelism drop the same tokens as one process with
+# the same capacity factor?
+# <details><summary>Answer</summary>Not in general: each rank fills its own share of every
+# expert's capacity from its own tokens (GShard's local groups, section 2.2), so which tokens
+# drop depends on the rank's batch. One process drops the same tokens when it counts capacity
+# per group too: `capacity_groups=W`.</details>
 #
 # **Next**: notebook 08, the interview grill.
