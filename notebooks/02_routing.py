@@ -169,11 +169,68 @@ assert grad_right[unchosen].abs().max() > 1e-5 and grad_wrong[unchosen].abs().ma
 # %% [markdown]
 # ## 3. The MoE code that circulates in interview answers
 #
-# This is the shape of the MoE layer that many tutorials and interview answers give. Read it and find the bugs before running it.
+# This is the MoE layer as it circulates in interview answers and quick tutorials, verbatim in its usual form: a gate, a list of experts, top-k, a loop. Read it and find the bugs before running it.
+
+# %%
+class CirculatingMoE(nn.Module):
+    def __init__(self, d_model, num_experts, top_k):
+        self.gate = nn.Linear(d_model, num_experts)
+        self.experts = nn.ModuleList([nn.Linear(d_model, d_model) for _ in range(num_experts)])
+        self.top_k = top_k
+
+    def forward(self, x):
+        gate_logits = self.gate(x)
+        top_k_logits, top_k_indices = torch.topk(gate_logits, self.top_k, dim=-1)
+        output = torch.zeros_like(x)
+        for i in range(self.top_k):
+            expert = self.experts[top_k_indices[i]]
+            output += top_k_logits[i] * expert(x)
+        return output
+
+
+try:
+    CirculatingMoE(D, E, K)
+except AttributeError as error:
+    print("AttributeError:", error)
+    not_built = True
+assert not_built
+
+# %% [markdown]
+# **Bug 0: it cannot even be built.** `__init__` never calls `super().__init__()`, so `nn.Module` has no registry yet when `self.gate` is assigned. Add that one line and three more bugs remain:
+# - `top_k_indices[i]` is meant as "the i-th choice", but on a batch `x` of shape (N, D) it is **row i: token i's K experts**, a tensor that cannot index a `ModuleList`. The code runs only on one unbatched vector `x` of shape (D,), where `top_k_indices[i]` is a single number, and that is how it gets tested.
+# - even then, `top_k_logits[i]`, the raw logit, is the combine weight: not normalized, possibly negative.
+# - batched, nothing is per token: whatever is chosen applies to the whole batch.
+#
+# **Claims**: with `super().__init__()` added, a batch of 6 tokens crashes and one unbatched vector runs; its combine weights are raw logits, one of them negative here.
+
+# %%
+class CirculatingFixedInit(CirculatingMoE):
+    def __init__(self, d_model, num_experts, top_k):
+        nn.Module.__init__(self)  # the missing super().__init__()
+        CirculatingMoE.__init__(self, d_model, num_experts, top_k)
+
+
+torch.manual_seed(2)
+circulating = CirculatingFixedInit(D, E, K)
+try:
+    circulating(torch.randn(6, D))
+except TypeError as error:
+    print("batch of 6 -> TypeError:", error)
+    batch_crashed = True
+assert batch_crashed
+vector = torch.randn(D)
+with torch.no_grad():
+    y_vector = circulating(vector)
+    used_weights = torch.topk(circulating.gate(vector), K).values
+print(f"one unbatched vector runs: output {tuple(y_vector.shape)}, combine weights {used_weights.tolist()}")
+assert y_vector.shape == (D,) and used_weights.min() < 0
+
+# %% [markdown]
+# The usual rewrite keeps the loop but makes the batch explicit, indexing the choices as `top_indices[:, k]` (slot k of every token). It is the version discussed below, with our `DenseFFN` experts; its bugs are the circulating ones, in batched form.
 
 # %%
 class InterviewMoE(nn.Module):
-    # As it circulates. Do not use.
+    # The batched rewrite of the circulating code. Do not use.
     def __init__(self, d_model, d_ff, n_experts, top_k):
         super().__init__()
         self.gate = nn.Linear(d_model, n_experts, bias=False)
@@ -621,7 +678,9 @@ figure = go.Figure([
 figure.update_layout(title="Dispatch, N=1024, D=128, top-2 of 8 experts of width 256", yaxis_title="ms (median)",
                      yaxis_type="log", barmode="group", height=380)
 figure.show()
-assert milliseconds["per-(token, slot) loop"] > 3 * milliseconds["sorted"]
+# A timing is the lesson here: the fastest of each candidate's repetitions, with a margin that held
+# with both cores busy (tools/run_under_load.py).
+assert min(forward["per-(token, slot) loop"]) > 3 * min(forward["sorted"])
 
 # %% [markdown]
 # The dense FFN of the same FLOPs is the reference: routing, sorting and gathering are the overhead. `python -m moe_lab.bench layer` measures this ratio properly (forward and backward, several sizes), and notebook 07 climbs the rest of the dispatch ladder (grouped GEMM, the GShard one-hot einsum, the GPU). At large batches the benchmark can find the sorted layer *faster* than the dense FFN: on the course's 2-core CPU, 1.28 times at N=4096, top-2 of 8, forward+backward, and 1.21 for the Python version in the same run (`benchmarks/results/layer-cpu-20261123T221612Z.json`; over its 8 shapes the geometric mean is 0.87 for the C++ version, 0.75 for the Python one). That is memory management, not arithmetic: the sorted backend reuses its large buffers between calls (`moe_lab.buffers`), while the plain FFN's (N, 2F) temporaries are fresh allocations that the operating system page-faults in every call. With `--retain-freed-memory`, which makes the C allocator keep freed memory for both, the Python version measured 0.95 at that shape (`...T201118Z.json`).
@@ -665,10 +724,10 @@ assert list(explorer.figure.data[1].y) == [8] * 8
 # K = 2: no. Same experts (softmax is monotonic) and same weights (the normalizer over all E cancels), proved in section 2. K = 1: both orders give a weight of exactly 1, which disconnects the router from the task loss (section 5); Switch avoids this by *not* renormalizing, so the weight is p.
 # </details>
 #
-# 2. What are the three bugs in the interview MoE, and which one does the single-token test hide?
+# 2. What are the bugs in the interview MoE, and which one does the single-token test hide?
 # <details><summary>Answer</summary>
 #
-# It indexes `nn.ModuleList` with a tensor of N indices (crashes for N > 1, hidden by a single-token test), it uses raw logits as weights (negative weights, no fixed scale), and the usual "fix" routes the whole batch by the first token's choice (outputs depend on batch-mates).
+# As it circulates, it does not call `super().__init__()` (it cannot be built), and `top_k_indices[i]` takes token i's row instead of the i-th choice. Once built and batched: it indexes `nn.ModuleList` with a tensor of indices (crashes for a batch, hidden by a test on one unbatched vector), it uses raw logits as weights (negative weights, no fixed scale), and the usual "fix" routes the whole batch by the first token's choice (outputs depend on batch-mates).
 # </details>
 #
 # 3. Your Switch-style model has `normalize_topk=True` and `top_k=1`, with an auxiliary loss. Does the router learn? From what?
