@@ -201,7 +201,7 @@ assert not_built
 # - even then, `top_k_logits[i]`, the raw logit, is the combine weight: not normalized, possibly negative.
 # - batched, nothing is per token: whatever is chosen applies to the whole batch.
 #
-# **Claims**: with `super().__init__()` added, a batch of 6 tokens crashes and one unbatched vector runs; its combine weights are raw logits, one of them negative here.
+# **Claims**: with `super().__init__()` added, a batch of 6 tokens crashes and one unbatched vector runs; its combine weights are raw logits: over 200 vectors their sums range far from 1 and some are negative.
 
 # %%
 class CirculatingFixedInit(CirculatingMoE):
@@ -221,9 +221,12 @@ assert batch_crashed
 vector = torch.randn(D)
 with torch.no_grad():
     y_vector = circulating(vector)
-    used_weights = torch.topk(circulating.gate(vector), K).values
-print(f"one unbatched vector runs: output {tuple(y_vector.shape)}, combine weights {used_weights.tolist()}")
-assert y_vector.shape == (D,) and used_weights.min() < 0
+    # the combine weights it uses, one vector at a time (the only way it runs), for 200 vectors
+    used = torch.stack([torch.topk(circulating.gate(v), K).values for v in torch.randn(200, D)])
+sums = used.sum(-1)  # (200,)
+print(f"one unbatched vector runs: output {tuple(y_vector.shape)}; over 200 vectors the {K} weights"
+      f" sum to {sums.min():.2f}..{sums.max():.2f}, and {int((used < 0).sum())} of {used.numel()} are negative")
+assert y_vector.shape == (D,) and used.min() < 0 and sums.max() > 2 and sums.min() < 0.5
 
 # %% [markdown]
 # The usual rewrite keeps the loop but makes the batch explicit, indexing the choices as `top_indices[:, k]` (slot k of every token). It is the version discussed below, with our `DenseFFN` experts; its bugs are the circulating ones, in batched form.

@@ -22,8 +22,9 @@
 # wall-clock time; and answer, with this run's numbers, the question every MoE paper poses: does
 # the MoE win at equal compute, and does it win at equal wall-clock time on your machine?
 #
-# **Time:** about 20 minutes to read. The notebook runs in about two minutes on 2 CPU cores,
-# almost all of it the three training runs (each shows a progress bar).
+# **Time:** about 20 minutes to read. The notebook runs in a little over two minutes on 2 CPU
+# cores, almost all of it the three training runs and a short fourth one in section 6 (each shows a
+# progress bar).
 #
 # The same runs from a terminal: `moe-lab train --preset tiny-moe --out runs/moe`, then
 # `moe-lab sample --checkpoint runs/moe --prompt "7*8="`.
