@@ -423,9 +423,9 @@ display(Markdown(
 # the same FLOPs, so the MoE's extra time there is dispatch overhead (routing, sorting, gathering,
 # one call per expert), not weight reads.
 #
-# **What a CPU measurement can and cannot say.** These toy layers hold a few MB of weights (printed
-# above), small enough to stay in a CPU's caches between calls, so their time is set by per-call
-# overhead and arithmetic, not by memory traffic. Decoding a real model on a GPU is the opposite:
+# **What a CPU measurement can and cannot say.** These toy layers hold megabytes of weights
+# (printed above), much of which stays in a CPU's caches across back-to-back calls, so their time is
+# set mostly by per-call overhead and arithmetic, not by memory traffic. Decoding a real model on a GPU is the opposite:
 # gigabytes of weights stream from memory at every step, and the time follows the bytes read. That is
 # section 8's model, and the roofline below shows when each regime applies: an expert that sees few
 # tokens does few FLOPs per byte it reads. (What the MoE costs in *training* on this CPU, where it
