@@ -130,7 +130,9 @@ def moe_config_from_hf(hf_config: Mapping, **overrides) -> MoEConfig:
     Qwen3-MoE, DeepSeek-V2/V3). ``overrides`` replace any derived field."""
     c = dict(hf_config)
     model_type = c.get("model_type", "")
-    if "num_local_experts" in c:  # Mixtral
+    # transformers 5 re-saves a Qwen2/3-MoE config with num_local_experts instead of num_experts:
+    # the expert width is then still moe_intermediate_size (intermediate_size is the dense width).
+    if "num_local_experts" in c and "moe_intermediate_size" not in c:  # Mixtral
         fields = dict(
             n_experts=c["num_local_experts"],
             d_expert=c["intermediate_size"],
@@ -148,10 +150,10 @@ def moe_config_from_hf(hf_config: Mapping, **overrides) -> MoEConfig:
             routed_scaling_factor=float(c.get("routed_scaling_factor", 1.0)),
             **deepseek_group_limit(c),
         )
-    elif "num_experts" in c:  # Qwen2-MoE / Qwen3-MoE
+    elif "num_experts" in c or "num_local_experts" in c:  # Qwen2-MoE / Qwen3-MoE
         shared = c.get("shared_expert_intermediate_size") or 0
         fields = dict(
-            n_experts=c["num_experts"],
+            n_experts=c["num_experts"] if "num_experts" in c else c["num_local_experts"],
             d_expert=c["moe_intermediate_size"],
             router="softmax_topk",
             normalize_topk=bool(c.get("norm_topk_prob", False)),

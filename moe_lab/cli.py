@@ -3,13 +3,15 @@
     moe-lab train --preset tiny-moe --steps 400 --out runs/moe
     moe-lab train --resume runs/moe            # continue an interrupted run exactly
     torchrun --nproc-per-node 2 -m moe_lab.cli train --expert-parallel 2   # experts on 2 ranks
+    moe-lab train --resume runs/moe --steps 800   # extend a run to 800 steps (warm restart)
     moe-lab sample --checkpoint runs/moe --prompt "12+7="
     moe-lab presets
     moe-lab grill --topic balancing --n 10 --seed 1   # interview questions, graded
 
 Errors in the arguments (an unknown preset, a missing checkpoint or text file, an output folder
-that cannot be written) print one line naming the problem and exit with status 2, as argparse
-does; nothing prints a stack trace.
+that cannot be written or already holds a checkpoint) print one line naming the problem and exit
+with status 2, as argparse does; nothing prints a stack trace. Nothing is overwritten without
+``--overwrite``, except the run being resumed in place.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from moe_lab.data import ByteTokenizer
 from moe_lab.grill.question import DIFFICULTIES, TOPICS
 from moe_lab.history import History
 from moe_lab.model import PRESETS, TinyLM, get_preset
-from moe_lab.train import DEVICES, TrainConfig, Trainer, load_model
+from moe_lab.train import CHECKPOINT_FILE, DEVICES, TrainConfig, Trainer, load_model, lr_at
 
 
 class UsageError(Exception):
@@ -50,8 +52,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a preset and save a checkpoint")
     train.add_argument("--preset", help=f"model preset: {', '.join(PRESETS)} (default tiny-moe)")
-    train.add_argument("--steps", type=_positive_int, help=f"default {TrainConfig.steps}")
+    train.add_argument(
+        "--steps",
+        type=_positive_int,
+        help=f"steps in the run (default {TrainConfig.steps}); with --resume, the new total",
+    )
     train.add_argument("--out", help="output folder for the checkpoint (default runs/PRESET)")
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace a checkpoint already in --out"
+    )
     train.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
     train.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
     train.add_argument("--seq-len", type=_positive_int, default=TrainConfig.seq_len)
@@ -107,6 +116,32 @@ def _whole_model(trainer: Trainer) -> TinyLM:
         return TinyLM(trainer.model_config)
 
 
+def _refuse_to_overwrite(out: Path, overwrite: bool, resume: str | None = None) -> None:
+    """UsageError if ``out`` holds a checkpoint that this command would replace unasked."""
+    if overwrite or not (out / CHECKPOINT_FILE).is_file():
+        return
+    if resume is not None and out.resolve() == Path(resume).resolve():
+        return  # resuming in place: updating that checkpoint is the point
+    raise UsageError(
+        f"--out {out} already holds a checkpoint: pass --overwrite to replace it,"
+        f" --resume {out} to continue it, or choose another --out"
+    )
+
+
+def _extend(trainer: Trainer, total_steps: int) -> str:
+    """Extend the run to ``total_steps`` and say what happens to the learning rate."""
+    done, old = trainer.step, trainer.config
+    trainer.extend(total_steps)
+    last = lr_at(done - 1, old) if done else 0.0
+    how = "stretched" if total_steps > old.steps else "shortened"
+    return (
+        f"the run (step {done} of {old.steps}) now ends at step {total_steps}: the cosine"
+        f" schedule is {how} to end there, so the learning rate goes from {last:.3g} (step"
+        f" {done}) to {lr_at(done, trainer.config):.3g} (step {done + 1}) and decays to"
+        f" {old.min_lr_ratio * old.lr:.3g} at step {total_steps}"
+    )
+
+
 def _summary(trainer: Trainer, out: Path) -> str:
     h: History = trainer.history
     counts = _whole_model(trainer).parameter_counts()
@@ -136,14 +171,28 @@ def _train(args: argparse.Namespace) -> None:
 
         trainer_class = join_cli_run(args.expert_parallel, args.device)
     if args.resume is not None:
-        if args.preset is not None or args.steps is not None or args.text is not None:
+        if args.preset is not None or args.text is not None:
             raise UsageError(
-                "--resume continues a saved run with its own preset, steps and data:"
-                " drop --preset, --steps and --text"
+                "--resume continues a saved run with its own preset and data:"
+                " drop --preset and --text (--steps N extends it to N steps)"
             )
         out = Path(args.out or args.resume)
-        _writable_folder(out)
         trainer = trainer_class.load(args.resume)
+        if args.steps is not None:
+            if args.steps <= trainer.step:
+                raise UsageError(
+                    f"--steps {args.steps}: the run in {args.resume} has trained {trainer.step}"
+                    f" steps already; give a larger total to extend it"
+                )
+            if args.steps != trainer.config.steps:
+                print(f"moe-lab train: {_extend(trainer, args.steps)}")
+        elif trainer.step >= trainer.config.steps:
+            raise UsageError(
+                f"the run in {args.resume} finished its {trainer.step} steps: add --steps N"
+                f" (N > {trainer.step}) to train it further"
+            )
+        _refuse_to_overwrite(out, args.overwrite, args.resume)
+        _writable_folder(out)
     else:
         preset = args.preset or "tiny-moe"
         model_config = get_preset(preset)
@@ -163,6 +212,7 @@ def _train(args: argparse.Namespace) -> None:
         out = Path(args.out or Path("runs") / preset)
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {out} is a file, not a folder: choose a folder name")
+        _refuse_to_overwrite(out, args.overwrite)
         trainer = trainer_class(model_config, train_config)  # fails early on unreadable data
         _writable_folder(out)
         print(f"moe-lab train: {preset} on {trainer.device}, {train_config.steps} steps")

@@ -388,6 +388,26 @@ class Trainer:
     def _label(self) -> str:
         return "moe" if self.model_config.moe is not None else "dense"
 
+    def extend(self, total_steps: int) -> None:
+        """Continue this run until ``total_steps`` instead of ``config.steps`` (then ``run()``).
+
+        The warm-up + cosine schedule is a function of ``config.steps``, so extending stretches
+        it to end at ``total_steps``: the steps already taken keep the rates they had, and the
+        next step uses the longer schedule's rate at that step. A finished run, which ended near
+        ``min_lr_ratio * lr``, therefore restarts at a higher rate (a warm restart, as in SGDR,
+        Loshchilov & Hutter 2017) and decays toward the same floor by ``total_steps``; an
+        interrupted run continues from a higher point of the longer cosine.
+
+        Args:
+            total_steps: the run's new length; more than the steps already trained.
+        """
+        if total_steps <= self.step:
+            raise ValueError(
+                f"the run has trained {self.step} steps already: extend it to more than that"
+                f" (got {total_steps})"
+            )
+        self.config = replace(self.config, steps=total_steps)
+
     # -- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict:

@@ -169,11 +169,82 @@ assert grad_right[unchosen].abs().max() > 1e-5 and grad_wrong[unchosen].abs().ma
 # %% [markdown]
 # ## 3. The MoE code that circulates in interview answers
 #
-# This is the shape of the MoE layer that many tutorials and interview answers give. Read it and find the bugs before running it.
+# This MoE layer circulates as an interview answer and in quick tutorials. Here it is word for word, as it is passed around (`FFN(d_model)` is some feed-forward block):
+#
+#     class MoELayer(nn.Module):
+#         def __init__(self, d_model, num_experts, top_k=2):
+#             self.experts = nn.ModuleList([FFN(d_model) for _ in range(num_experts)])
+#             self.gate = nn.Linear(d_model, num_experts)
+#             self.top_k = top_k
+#
+#         def forward(self, x):
+#             gate_scores = self.gate(x)
+#             top_k_scores, top_k_indices = torch.topk(gate_scores, self.top_k)
+#
+#             output = torch.zeros_like(x)
+#             for i in range(self.top_k):
+#                 expert_output = self.experts[top_k_indices[i]](x)
+#                 output += top_k_scores[i] * expert_output
+#
+#             return output
+#
+# Read it and find the bugs before running it. The next cell runs exactly this text: it takes it from the interview grill's question bank (`moe_lab/grill/questions/routing.toml`, which notebook 08 grades), and a test checks that the copy above is the same text.
+
+# %%
+from moe_lab.grill.bank import load_bank  # the interview grill's questions (notebook 08)
+from moe_lab.grill.bugs import FFN as GrillFFN  # the FFN(d_model) the snippet assumes: SwiGLU, width 2·d_model
+from moe_lab.grill.bugs import check_answer
+
+literal = next(q for q in load_bank() if q.checker == "circulating_snippet").code
+namespace = {"nn": nn, "torch": torch, "FFN": GrillFFN}
+exec(literal, namespace)  # defines the snippet's class, named MoELayer, in its own namespace
+CirculatingMoE = namespace["MoELayer"]  # (not moe_lab's MoELayer, which this notebook uses below)
+try:
+    CirculatingMoE(D, E, K)
+except AttributeError as error:
+    print("AttributeError:", error)
+    not_built = True
+assert not_built
+
+# %% [markdown]
+# **Bug 0: it cannot even be built.** `__init__` never calls `super().__init__()`, so `nn.Module` has no registry yet when the first submodule, `self.experts`, is assigned. Add that one line and three more bugs remain:
+# - `top_k_indices[i]` is meant as "the i-th choice", but on a batch `x` of shape (N, D) it is **row i: token i's K experts**, a tensor that cannot index a `ModuleList`. The code runs only on one unbatched vector `x` of shape (D,), where `top_k_indices[i]` is a single number, and that is how it gets tested.
+# - even then, `top_k_scores[i]`, a raw logit of the gate, is the combine weight: not normalized, possibly negative.
+# - batched, nothing is per token: whatever is chosen applies to the whole batch.
+#
+# **Claims**: with `super().__init__()` added, a batch of 6 tokens crashes and one unbatched vector runs; its combine weights are raw logits: over 200 vectors their sums range far from 1 and some are negative.
+
+# %%
+class CirculatingFixedInit(CirculatingMoE):
+    def __init__(self, d_model, num_experts, top_k):
+        nn.Module.__init__(self)  # the missing super().__init__()
+        CirculatingMoE.__init__(self, d_model, num_experts, top_k)
+
+
+torch.manual_seed(2)
+circulating = CirculatingFixedInit(D, E, K)
+try:
+    circulating(torch.randn(6, D))
+except TypeError as error:
+    print("batch of 6 -> TypeError:", error)
+    batch_crashed = True
+assert batch_crashed
+vector = torch.randn(D)
+with torch.no_grad():
+    y_vector = circulating(vector)
+    # the combine weights it uses, one vector at a time (the only way it runs), for 200 vectors
+    used = torch.stack([torch.topk(circulating.gate(v), K).values for v in torch.randn(200, D)])
+sums = used.sum(-1)  # (200,)
+print(f"one unbatched vector runs: output {tuple(y_vector.shape)}; over 200 vectors the {K} weights"
+      f" sum to {sums.min():.2f}..{sums.max():.2f}, and {int((used < 0).sum())} of {used.numel()} are negative")
+assert y_vector.shape == (D,) and used.min() < 0 and sums.max() > 2 and sums.min() < 0.5
+
+# %% [markdown]
+# The usual rewrite keeps the loop but makes the batch explicit, indexing the choices as `top_indices[:, k]` (slot k of every token). It is the version discussed below, with our `DenseFFN` experts; its bugs are the circulating ones, in batched form.
 
 # %%
 class InterviewMoE(nn.Module):
-    # As it circulates. Do not use.
+    # The batched rewrite of the circulating code. Do not use.
     def __init__(self, d_model, d_ff, n_experts, top_k):
         super().__init__()
         self.gate = nn.Linear(d_model, n_experts, bias=False)
@@ -200,18 +271,6 @@ except TypeError as error:
     crashed = True
 assert crashed
 
-# %% [markdown]
-# The class above is already tidied up: it calls `super().__init__()` and takes each token's k-th choice (`top_indices[:, k]`). Word for word, the snippet circulates like this (the interview grill keeps the literal text in `moe_lab/grill/questions/routing.toml`), and it fails even earlier: constructing it raises, because `nn.Module.__init__` is never called; once that is fixed, `top_k_indices[i]` picks token i's choices (the batch dimension) instead of every token's i-th choice. Notebook 08, section 3 grades each fix of it in turn.
-
-# %%
-from moe_lab.grill.bank import load_bank  # the interview grill's questions (notebook 08)
-from moe_lab.grill.bugs import check_answer
-
-literal = next(q for q in load_bank() if q.checker == "circulating_snippet").code
-print(literal)
-correct, verdict = check_answer("circulating_snippet", literal, seed=0)
-print(verdict)
-assert not correct and "cannot assign module before Module.__init__() call" in verdict
 
 # %% [markdown]
 # **Bug 1: it indexes the expert list with a tensor.** `top_indices[:, k]` holds one expert per token; a Python list (`nn.ModuleList`) can only be indexed by one integer, so any batch of more than one token crashes.
@@ -289,6 +348,15 @@ with torch.no_grad():
     gap = (fixed(batch) - library(batch).y).abs().max().item()
 print(f"fixed scratch MoE vs moe_lab.MoELayer: largest difference {gap:.1e}")
 assert gap < 1e-5
+
+
+# %% [markdown]
+# Notebook 08 grades a fix of the literal snippet the same way: it runs the fixed class against `moe_lab.MoELayer` on random batches and names the first bug left. Handed the snippet unchanged, it stops at bug 0.
+
+# %%
+correct, verdict = check_answer("circulating_snippet", literal, seed=0)
+print(verdict)
+assert not correct and "cannot assign module before Module.__init__() call" in verdict
 
 
 # %% [markdown]
@@ -611,10 +679,10 @@ assert list(explorer.figure.data[1].y) == [8] * 8
 # K = 2: no. Same experts (softmax is monotonic) and same weights (the normalizer over all E cancels), proved in section 2. K = 1: both orders give a weight of exactly 1, which disconnects the router from the task loss (section 5); Switch avoids this by *not* renormalizing, so the weight is p.
 # </details>
 #
-# 2. What are the three bugs in the interview MoE, and which one does the single-token test hide?
+# 2. What are the bugs in the interview MoE, and which one does the single-token test hide?
 # <details><summary>Answer</summary>
 #
-# It indexes `nn.ModuleList` with a tensor of N indices (crashes for N > 1, hidden by a single-token test), it uses raw logits as weights (negative weights, no fixed scale), and the usual "fix" routes the whole batch by the first token's choice (outputs depend on batch-mates).
+# As it circulates, it does not call `super().__init__()` (it cannot be built), and `top_k_indices[i]` takes token i's row instead of the i-th choice. Once built and batched: it indexes `nn.ModuleList` with a tensor of indices (crashes for a batch, hidden by a test on one unbatched vector), it uses raw logits as weights (negative weights, no fixed scale), and the usual "fix" routes the whole batch by the first token's choice (outputs depend on batch-mates).
 # </details>
 #
 # 3. Your Switch-style model has `normalize_topk=True` and `top_k=1`, with an auxiliary loss. Does the router learn? From what?

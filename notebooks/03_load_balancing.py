@@ -259,6 +259,52 @@ for label, config in (("capacity, cf=1", dict(dispatch="capacity", capacity_fact
 
 
 # %% [markdown]
+# ### ... and, in a decoder, on tokens that come later
+#
+# The batch-mates of a token include the *later tokens of its own sequence*. With top-2 and the
+# position rule, every token's first choice queues before any second choice, so a **later** token's
+# first choice can take the last slot an **earlier** token's second choice needed. At training time
+# the earlier token's output then depends on the future; at generation time the future does not exist
+# yet, so the model is trained on outputs it can never reproduce (the same leak as expert choice,
+# notebook 02, section 6; `moe_lab/dispatch/common.py` documents it). It is one reason decoder MoEs
+# train dropless: DeepSeek-V3 drops no token in training or inference (DeepSeek-AI 2024, section
+# 2.1.2, "No Token-Dropping"), and the course's models use the dropless `sorted` dispatch.
+#
+# **Claims**, first by hand: token 0 chooses experts (0, 1), token 1 chooses (1, 2), capacity 1.
+# Alone, token 0 keeps both its choices; once token 1 exists, token 1's *first* choice takes expert
+# 1's only slot and token 0's second choice is dropped. Then on `MoELayer`: changing only the second
+# half of a 64-token sequence changes the outputs of its first half under capacity (cf = 1), and not
+# at all when dropless.
+
+# %%
+def hand_routing(indices):
+    indices = torch.tensor(indices)  # (N, K)
+    n_tokens = indices.shape[0]
+    probs = torch.full((n_tokens, 3), 1 / 3)
+    return RoutingResult(indices=indices, weights=torch.full(indices.shape, 0.5), probs=probs,
+                         logits=probs.log())
+
+
+alone, _ = capacity_queue(hand_routing([[0, 1]]), capacity=1, drop_policy="position")
+with_later, _ = capacity_queue(hand_routing([[0, 1], [1, 2]]), capacity=1, drop_policy="position")
+print(f"token 0 alone keeps {alone[0].tolist()}; with token 1 after it: {with_later[0].tolist()}")
+assert alone[0].tolist() == [True, True] and with_later[0].tolist() == [True, False]
+
+sequence = token_batch(64, D, seed=3).x
+other_future = sequence.clone()
+other_future[32:] = token_batch(32, D, seed=4).x  # same past, different future
+for label, config in (("capacity, cf=1", dict(dispatch="capacity", capacity_factor=1.0)), ("dropless", {})):
+    moe = skewed_layer(**config)
+    with torch.no_grad():
+        past_gap = (moe(sequence).y[:32] - moe(other_future).y[:32]).abs().max().item()
+    print(f"{label:15s}: the first 32 outputs change by up to {past_gap:.2e} when only tokens 32-63 change")
+    if label == "dropless":
+        assert past_gap < 1e-6
+    else:
+        assert past_gap > 1e-2
+
+
+# %% [markdown]
 # ## 5. The Switch auxiliary loss, derived
 #
 # **The goal.** Spread the N·K assignments evenly: each expert should get a fraction `f_i = 1/E`, where
@@ -275,7 +321,7 @@ for label, config in (("capacity, cf=1", dict(dispatch="capacity", capacity_fact
 # So **only P carries gradient**, and `f` only sets *how hard* each expert's probability is pushed down.
 #
 # **Its values.** Uniform routing: `f_i = P_i = 1/E`, `L = E · E · (1/E²) = 1`, for every K (f is normalized over the N·K assignments). Collapse onto one expert with top-1: `f_1 = P_1 = 1`, `L = E`.
-# When the router's choices agree with its probabilities (`f ≈ P`), `L ≈ E·Σ P_i² ≥ 1` by Cauchy-Schwarz, with equality only at uniform. The often-quoted "the minimum is 1" holds only then: if choices and probabilities disagree (a selection bias, noise, a capacity limit), `L` can fall below 1.
+# If the choices matched the probabilities exactly (`f = P`), `L = E·Σ P_i² ≥ 1` by Cauchy-Schwarz, with equality only at uniform. The often-quoted "the minimum is 1, reached only at uniform routing" holds only then, and hard top-k choices never match soft probabilities exactly. Two counterexamples, shown below with choices that *do* follow the probabilities (each token takes its most probable expert): the loss can fall **below 1** (E = 2, top-1: 90% of the tokens at p = (0.51, 0.49), 10% at (0, 1), give 0.934), and it equals **exactly 1 whenever either f or P is uniform** (`L = E·Σ f_i/E = 1` for uniform P, whatever f), so a reading of 1 does not prove balance.
 # **Scaling conventions differ**: Hugging Face's Mixtral code normalizes f over N tokens instead of N·K assignments, so its value is K times ours (K at uniform routing).
 #
 # From scratch, then every step checked.
@@ -326,6 +372,24 @@ disagree[:, 0] = 0.02
 below_one = load_balancing_loss(disagree, torch.zeros(N, 1, dtype=torch.long)).item()
 print(f"choices against the probabilities: {below_one:.2f} (below 1)")
 assert below_one < 1
+
+# %%
+# Counterexample 1: E = 2, top-1, every token takes its most probable expert, and the loss is below 1.
+probs_a = torch.tensor([[0.51, 0.49]] * 90 + [[0.0, 1.0]] * 10)  # (100, 2)
+loss_a = load_balancing_loss(probs_a, probs_a.argmax(-1, keepdim=True)).item()
+# by hand: f = (0.9, 0.1), P = (0.459, 0.541), L = 2 (0.9 * 0.459 + 0.1 * 0.541) = 0.9344
+print(f"choices follow the probabilities, loss {loss_a:.4f}")
+assert math.isclose(loss_a, 0.9344, abs_tol=1e-4)
+
+# Counterexample 2: E = 3, top-1, choices follow the probabilities, P is exactly uniform, and
+# expert 1 receives no token at all: the loss is exactly 1 with one expert dead.
+probs_b = torch.tensor([[0.5, 0.4, 0.1]] * 2 + [[0.0, 0.2, 0.8]])  # (3, 3); P = (1/3, 1/3, 1/3)
+chosen_b = probs_b.argmax(-1, keepdim=True)  # experts 0, 0, 2
+loss_b = load_balancing_loss(probs_b, chosen_b).item()
+load_b = torch.bincount(chosen_b.flatten(), minlength=3).tolist()
+print(f"uniform P, load {load_b}: loss {loss_b:.6f}")
+assert torch.allclose(probs_b.mean(0), torch.full((3,), 1 / 3)) and load_b == [2, 0, 1]
+assert math.isclose(loss_b, 1.0, abs_tol=1e-6)
 
 # %% [markdown]
 # **Claim**: one gradient step on the auxiliary loss alone (plain SGD on the router's gate) lowers the mean probability of the most loaded expert and lowers the loss.
@@ -386,9 +450,9 @@ assert errors[100.0] > 10 * errors[1.0]
 #
 # `b_i ← b_i + u · sign(mean load − load_i)`
 #
-# Overloaded experts lose a little bias, underloaded ones gain. DeepSeek-V3 (DeepSeek-AI 2024, section 2.1.2) uses it with update speed `u = 0.001`.
+# Overloaded experts lose a little bias, underloaded ones gain. DeepSeek-V3 (DeepSeek-AI 2024) states the rule in section 2.1.2 and its schedule in section 4.2: the bias update speed is `u = 0.001` for the first 14.3T of its 14.8T pre-training tokens and `0.0` for the remaining 500B, so the biases are frozen for the end of pre-training (while the learning rate also decays) and stay fixed afterwards.
 #
-# **Claims**: the scratch rule equals `moe_lab.balancing.update_selection_bias`; an expert exactly at the mean load keeps its bias; and the bias is a buffer, not a parameter: no optimizer and no gradient ever touch it.
+# **Claims**: the scratch rule equals `moe_lab.balancing.update_selection_bias`; an expert exactly at the mean load keeps its bias; with speed 0 (DeepSeek-V3's last 500B tokens) no bias moves; and the bias is a buffer, not a parameter: no optimizer and no gradient ever touch it.
 
 # %%
 load = torch.tensor([40.0, 10, 25, 25, 30, 20, 25, 25])  # mean 25
@@ -398,6 +462,7 @@ theirs = update_selection_bias(torch.zeros(E), load, u)
 print("bias after one update:", [round(b, 4) for b in theirs.tolist()])
 assert torch.equal(ours, theirs)
 assert theirs[0] < 0 < theirs[1] and theirs[2] == 0  # overloaded down, underloaded up, at the mean: unchanged
+assert torch.equal(update_selection_bias(theirs, load, 0.0), theirs)  # speed 0: frozen
 
 bias_layer = skewed_layer(router="sigmoid_bias", bias_update_rate=u)
 assert "router.selection_bias" in dict(bias_layer.named_buffers())
@@ -558,7 +623,7 @@ assert f"dropped {view.output.dropped_fraction:.1%}" in capacity_explorer.figure
 # 4. Your Switch loss reads 0.8. Is that better than perfectly balanced?
 # <details><summary>Answer</summary>
 #
-# No: it means the choices (f) and the probabilities (P) disagree, for example because a selection bias, noise or capacity limit changed the choices. With choices that follow the probabilities the loss is at least 1, with 1 only at uniform routing. (And with Hugging Face's scaling, uniform reads K, not 1.)
+# No: the loss measures how f and P line up, not balance itself. It falls below 1 when the choices and the probabilities disagree, which a selection bias, noise or a capacity limit cause, but hard top-k choices alone are enough: in section 5, tokens that each take their most probable expert give 0.934. Nor does a reading of exactly 1 prove balance: it is 1 whenever f or P is uniform, and section 5 shows it at 1 with one expert receiving nothing. Look at the load itself (f, its maximum, the dropped fraction). (And with Hugging Face's scaling, uniform reads K, not 1.)
 # </details>
 #
 # 5. Why does the z-loss exist when softmax does not care about the logits' level?

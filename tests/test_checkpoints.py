@@ -162,3 +162,23 @@ def test_loader_errors_name_the_tensor():
         load_moe_block(block.state_dict(), cfg, "llama")
     with pytest.raises(KeyError, match="num_local_experts, n_routed_experts, num_experts"):
         moe_config_from_hf({"model_type": "llama", "hidden_size": 8})
+
+
+def test_qwen_config_resaved_with_num_local_experts():
+    # transformers 5 re-saves a Qwen3-MoE config.json with num_local_experts (Mixtral's key) in
+    # place of num_experts. The expert width must still come from moe_intermediate_size (768
+    # here), not from intermediate_size (6144, the width of Qwen's dense FFN).
+    original = {
+        "model_type": "qwen3_moe",
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "moe_intermediate_size": 768,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "norm_topk_prob": True,
+    }
+    resaved = {k: v for k, v in original.items() if k != "num_experts"}
+    resaved["num_local_experts"] = 128
+    cfg = moe_config_from_hf(resaved)
+    assert (cfg.n_experts, cfg.d_expert) == (128, 768)
+    assert cfg == moe_config_from_hf(original)

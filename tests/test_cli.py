@@ -58,13 +58,43 @@ def test_sample_continues_the_prompt(trained_run, capsys):
     assert capsys.readouterr().out == text
 
 
-def test_resume_finishes_a_run(trained_run, tmp_path, capsys):
-    # A finished run resumed has nothing left to do; it still saves and summarizes.
-    assert (
-        main(["train", "--resume", str(trained_run), "--out", str(tmp_path / "r"), "--no-progress"])
-        == 0
+def test_resuming_a_finished_run_asks_for_more_steps(trained_run, tmp_path, capsys):
+    # A finished run has nothing left to train: say how to extend it instead of saving a copy.
+    err = run_error(["train", "--resume", str(trained_run), "--out", str(tmp_path / "r")], capsys)
+    assert "finished its 3 steps" in err and "--steps N" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_with_steps_extends_a_finished_run(trained_run, tmp_path, capsys):
+    # The README's `moe-lab train --resume runs/moe --steps 640`, in small: a 3-step run
+    # extended to 5 steps trains 2 more, and says what happens to the learning rate.
+    out = tmp_path / "longer"
+    argv = ["train", "--resume", str(trained_run), "--steps", "5", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "now ends at step 5" in printed and "trained 5 steps" in printed
+    history = json.loads((out / "history.json").read_text())
+    assert history["step"] == [1, 2, 3, 4, 5]
+    # Fewer steps than already trained cannot extend anything.
+    err = run_error(["train", "--resume", str(out), "--steps", "4"], capsys)
+    assert "trained 5 steps already" in err
+
+
+def test_out_holding_a_checkpoint_needs_overwrite(trained_run, tmp_path, capsys):
+    out = tmp_path / "taken"
+    assert main(["train", "--preset", "tiny-dense", "--out", str(out), *TINY]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    err = run_error(["train", "--preset", "tiny-moe", "--out", str(out), *TINY], capsys)
+    assert "already holds a checkpoint" in err and "--overwrite" in err
+    assert (out / "checkpoint.pt").read_bytes() == before  # untouched
+    # Resuming another run into it is refused too; resuming it in place is not.
+    err = run_error(
+        ["train", "--resume", str(trained_run), "--steps", "4", "--out", str(out)], capsys
     )
-    assert "trained 3 steps" in capsys.readouterr().out
+    assert "already holds a checkpoint" in err
+    assert main(["train", "--preset", "tiny-moe", "--out", str(out), "--overwrite", *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["moe"] is not None
 
 
 def run_error(argv: list[str], capsys) -> str:
@@ -131,6 +161,22 @@ def test_resume_with_a_preset_is_rejected(trained_run, capsys):
     assert "--resume" in err and "--preset" in err
 
 
+def test_readme_train_commands_parse():
+    # Every `moe-lab train` line of the README's command-line section is accepted by the parser
+    # (the README once showed `--resume runs/moe --steps 640`, which the CLI rejected).
+    import re
+    from pathlib import Path
+
+    from moe_lab.cli import _build_parser
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    lines = re.findall(r"^\.venv/bin/moe-lab (train [^#\n]*)", readme, flags=re.MULTILINE)
+    assert len(lines) >= 3
+    parser = _build_parser()
+    for line in lines:
+        parser.parse_args(line.split())
+
+
 def test_bad_numbers_are_argparse_errors(capsys):
     err = run_error(["train", "--steps", "0"], capsys)
     assert "--steps" in err and "positive" in err
@@ -150,3 +196,21 @@ def test_console_script_and_python_m(tmp_path):
         f"moe-lab sample: error: {tmp_path / 'checkpoint.pt'}: no checkpoint here"
         " (expected checkpoint.pt)"
     ]
+
+
+def test_readme_learning_rate_numbers_come_from_the_schedule():
+    # The README's extension example (320 -> 640 steps) quotes the rates at steps 320 and 321.
+    from dataclasses import replace
+    from pathlib import Path
+
+    from moe_lab.train import TrainConfig, lr_at
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    config = TrainConfig()
+    assert config.steps == 320
+
+    def short(x: float) -> str:
+        return f"{x:.1e}".replace("e-0", "e-")  # 6.0e-04 -> 6.0e-4
+
+    before, after = lr_at(319, config), lr_at(320, replace(config, steps=640))
+    assert f"from {short(before)} at step 320 back up to {short(after)} at step 321" in readme

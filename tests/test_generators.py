@@ -51,3 +51,23 @@ def test_three_seeds_table_from_hand_made_histories(tmp_path):
     # MoE / dense tokens/s: 100 / 200 = 0.50
     assert rows[2] == "| 0 | 1.500 | **1.200** | 1.300 | 1.300 | 2.000 | 0.50 |"
     assert rows[-1] == "| mean | 1.500 | **1.200** | 1.300 | 1.300 | | |"
+
+
+def test_run_under_load_starts_and_stops_its_busy_processes():
+    """tools/run_under_load.py: the spinning processes run until stopped, and are stopped."""
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("run_under_load", TOOLS / "run_under_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    busy = module.start_busy(2)
+    try:
+        time.sleep(0.2)
+        assert [p.poll() for p in busy] == [None, None]  # still spinning
+    finally:
+        module.stop(busy)
+    assert all(p.returncode is not None for p in busy)
+    assert module.TIMING_NOTEBOOKS and all(
+        (TOOLS.parent / nb).is_file() for nb in module.TIMING_NOTEBOOKS
+    )

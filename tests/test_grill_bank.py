@@ -181,6 +181,19 @@ def test_the_circulating_snippet_is_stored_exactly_as_quoted():
     assert q.code == CIRCULATING_SNIPPET
 
 
+def test_notebook_02_shows_the_circulating_snippet_word_for_word():
+    """Notebook 02, section 3 shows the snippet as a Markdown code block (indented by four
+    spaces) before it runs the bank's copy; the two must be the same text."""
+    lines = (NOTEBOOKS / "02_routing.py").read_text().splitlines()
+    start = lines.index("#     class MoELayer(nn.Module):")
+    block = []
+    for line in lines[start:]:
+        if not (line.startswith("#     ") or line == "#"):
+            break
+        block.append(line[len("#     ") :])  # "#" (a blank line of the snippet) gives ""
+    assert "\n".join(block).strip("\n") + "\n" == CIRCULATING_SNIPPET
+
+
 def test_select_is_seeded_and_filters():
     first = [q.id for q in select(BANK, seed=4)]
     assert first == [q.id for q in select(BANK, seed=4)]

@@ -202,3 +202,34 @@ def test_load_model_and_checkpoint_errors(tmp_path, corpus):
     (tmp_path / "bad" / "checkpoint.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a moe_lab checkpoint"):
         load_model(tmp_path / "bad")
+
+
+def test_extend_stretches_the_cosine_schedule():
+    # A finished 4-step run extended to 8: steps 1-4 keep the 4-step schedule's rates, steps 5-8
+    # follow the 8-step cosine (warm-up 1 step, floor 0.1 x lr), written out by hand here:
+    # lr(s) = min + (lr - min) (1 + cos(pi (s - w) / (N - w))) / 2 for s >= w.
+    import math
+
+    from moe_lab.model import get_preset
+    from moe_lab.train import TrainConfig, Trainer
+
+    config = TrainConfig(steps=4, warmup_steps=1, batch_size=2, seq_len=8, eval_every=2,
+                         eval_batches=1, corpus_chars=20_000, device="cpu")  # fmt: skip
+    trainer = Trainer(get_preset("tiny-dense"), config)
+    trainer.run(progress=False)
+    trainer.extend(8)
+    trainer.run(progress=False)
+    lr, floor = config.lr, config.min_lr_ratio * config.lr
+
+    def cosine(step, total):
+        if step < 1:
+            return lr * (step + 1)
+        return floor + (lr - floor) * (1 + math.cos(math.pi * (step - 1) / (total - 1))) / 2
+
+    expected = [cosine(s, 4) for s in range(4)] + [cosine(s, 8) for s in range(4, 8)]
+    assert trainer.history.step == list(range(1, 9))
+    assert trainer.history.lr == pytest.approx(expected, rel=1e-12)
+    # The extension restarts above the rate the finished run ended with (a warm restart).
+    assert trainer.history.lr[4] > trainer.history.lr[3] > floor
+    with pytest.raises(ValueError, match="trained 8 steps already"):
+        trainer.extend(8)

@@ -70,7 +70,13 @@ def pair_problems(source: Path) -> list[str]:
     if not ipynb.exists():
         return [f"{ipynb.name} is missing: run python tools/sync_notebooks.py"]
     expected = cell_summary(notebook_from_source(source))
-    actual = cell_summary(nbformat.read(ipynb, as_version=4))
+    try:
+        actual = cell_summary(nbformat.read(ipynb, as_version=4))
+    except (nbformat.reader.NotJSONError, ValueError) as error:  # e.g. merge conflict markers
+        return [
+            f"{ipynb.name} is not a readable notebook ({error.__class__.__name__}): run"
+            " python tools/sync_notebooks.py to write it from its source"
+        ]
     if expected == actual:
         return []
     first = next(
@@ -102,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_ipynb is not None:
         source = take_from_ipynb(args.from_ipynb.resolve())
         print(f"wrote {source.name}")
-    problems = [p for source in sources() for p in pair_problems(source)]
     orphans = [
         f"{ipynb.name} has no {ipynb.stem}.py source"
         for ipynb in sorted(NOTEBOOK_DIR.glob("*.ipynb"))
         if not ipynb.with_suffix(".py").exists()
     ]
     if args.check:
+        problems = [p for source in sources() for p in pair_problems(source)]
         for problem in problems + orphans:
             print(problem, file=sys.stderr)
         return 1 if problems or orphans else 0

@@ -8,8 +8,9 @@
     expected_experts_touched(E, K, B), decode_step_bytes(spec, B), all_to_all_bytes(spec, N, W)
     PRESETS["DeepSeek-V3"].counts()                # published models, with sources
 
-Modules: ``spec`` (the model description), ``hf_configs`` (reading config.json), ``counts``,
-``flops``, ``memory``, ``decode``, ``published`` (figures and lab conventions), ``presets``.
+Modules: ``spec`` (the model description), ``hf_configs`` and ``hf_families`` (reading
+config.json; ``hf_fields`` their shared field readers), ``counts``, ``flops``, ``memory``,
+``decode``, ``published`` (figures and lab conventions), ``presets`` and ``presets_more``.
 
 Taught in: notebooks/06_compute_budgets.ipynb.
 """
@@ -49,6 +50,7 @@ from moe_lab.budget.published import LAB_CONVENTIONS, Preset, PublishedFigure
 from moe_lab.budget.spec import (
     AttentionSpec,
     ConfigError,
+    MambaSpec,
     ModelSpec,
     MoESpec,
     from_model_config,
@@ -66,6 +68,7 @@ __all__ = [
     "ConfigError",
     "CountConvention",
     "FlopsPerToken",
+    "MambaSpec",
     "MoESpec",
     "ModelSpec",
     "ParameterCounts",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moe_lab.budget.spec import AttentionSpec, ModelSpec
+from moe_lab.budget.spec import AttentionSpec, MambaSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,15 @@ NON_EMBEDDING = CountConvention("no embedding, no head", False, False)
 # ----------------------------------------------------------------------------------------------
 
 
-def attention_matmul_params(att: AttentionSpec, d_model: int) -> int:
+def attention_matmul_params(att: AttentionSpec, d_model: int, active: bool = False) -> int:
     """Weights of one attention block's projection matrices (what its matmuls multiply by).
 
     GQA: q (D, H*hd) + k, v (D, KV*hd) + o (H*hd, D).
     MLA (DeepSeek-V2 eq. (9)-(19)): queries D -> q_lora_rank -> H*(nope+rope) (or D -> H*(nope+rope)
     directly), keys/values D -> kv_lora_rank + rope (the cached latent and the shared RoPE key),
     then kv_lora_rank -> H*(nope + v), and o (H*v, D).
+    Mixture of attention heads (JetMoE): E experts each with q (D, H/K*hd) and o (H/K*hd, D),
+    shared k and v, and the router (E, D); ``active=True`` counts the K experts a token uses.
     """
     D, H = d_model, att.n_heads
     if att.kind == "mla":
@@ -63,6 +65,10 @@ def attention_matmul_params(att: AttentionSpec, d_model: int) -> int:
         kv_b = att.kv_lora_rank * H * (att.qk_nope_head_dim + att.v_head_dim)
         return q + kv_a + kv_b + H * att.v_head_dim * D
     q_width, kv_width = H * att.head_dim, att.n_kv_heads * att.head_dim
+    if att.n_experts > 1:
+        per_expert = 2 * D * (q_width // att.top_k)  # q and o of one attention expert
+        experts = att.top_k if active else att.n_experts
+        return experts * per_expert + 2 * D * kv_width + att.n_experts * D
     return D * q_width + 2 * D * kv_width + q_width * D
 
 
@@ -70,7 +76,8 @@ def attention_other_params(att: AttentionSpec, d_model: int) -> int:
     """Biases and attention sinks of one attention block (no matmul, still parameters)."""
     q_width, kv_width = att.n_heads * att.head_dim, att.n_kv_heads * att.head_dim
     biases = (q_width + 2 * kv_width if att.qkv_bias else 0) + (d_model if att.o_bias else 0)
-    return biases + (att.n_heads if att.sinks else 0)
+    moa_bias = d_model if att.n_experts > 1 else 0  # JetMoE's output bias
+    return biases + moa_bias + (att.n_heads if att.sinks else 0)
 
 
 def attention_norm_params(att: AttentionSpec) -> int:
@@ -82,6 +89,28 @@ def attention_norm_params(att: AttentionSpec) -> int:
     if att.qk_norm == "full":
         return (att.n_heads + att.n_kv_heads) * att.head_dim
     return 0
+
+
+def mamba_matmul_params(mamba: MambaSpec, d_model: int) -> int:
+    """Matmul weights of one Mamba mixer: in_proj, x_proj, dt_proj, out_proj (Mamba, Figure 3)."""
+    inner = mamba.d_inner
+    return (
+        d_model * 2 * inner
+        + inner * (mamba.dt_rank + 2 * mamba.d_state)
+        + mamba.dt_rank * inner
+        + inner * d_model
+    )
+
+
+def mamba_params(mamba: MambaSpec, d_model: int) -> int:
+    """Every parameter of one Mamba mixer: the matmuls, the depthwise conv, A, D, the biases."""
+    inner = mamba.d_inner
+    conv = inner * mamba.d_conv + (inner if mamba.conv_bias else 0)
+    biases = inner + (2 * inner + d_model if mamba.proj_bias else 0)  # dt_proj always has one
+    norms = mamba.dt_rank + 2 * mamba.d_state if mamba.inner_norms else 0
+    return (
+        mamba_matmul_params(mamba, d_model) + conv + inner * mamba.d_state + inner + biases + norms
+    )
 
 
 def expert_params(spec: ModelSpec) -> int:
@@ -102,7 +131,8 @@ def shared_expert_params(spec: ModelSpec) -> int:
 
 
 def router_params(spec: ModelSpec) -> int:
-    """One router: (E, D) per matrix, plus a logit bias and a selection bias when present."""
+    """One router: (E, D) per matrix, a logit bias and a selection bias when present, and the
+    block's output bias (JetMoE), which is always used like the router."""
     moe = spec.moe
     if moe is None:
         return 0
@@ -111,12 +141,18 @@ def router_params(spec: ModelSpec) -> int:
         moe.router_matrices * E * spec.d_model
         + (E if moe.router_bias else 0)
         + (E if moe.score_bias else 0)
+        + (spec.d_model if moe.output_bias else 0)
     )
 
 
 def dense_ffn_params(spec: ModelSpec) -> int:
     """One dense FFN block: dense_matrices * D * d_ff (no biases in any supported family)."""
     return spec.dense_matrices * spec.d_model * spec.d_ff
+
+
+def parallel_ffn_params(spec: ModelSpec) -> int:
+    """The dense FFN beside one MoE block (Snowflake Arctic's residual MLP), SwiGLU."""
+    return 3 * spec.d_model * spec.parallel_ffn_width
 
 
 def moe_block_params(spec: ModelSpec) -> int:
@@ -128,7 +164,7 @@ def moe_block_params(spec: ModelSpec) -> int:
 
 
 def attention_block_params(spec: ModelSpec) -> int:
-    """One whole attention block: matrices, biases, sinks, inner norms."""
+    """One whole attention block: matrices, biases, sinks, inner norms (all experts' for MoA)."""
     att, D = spec.attention, spec.d_model
     return (
         attention_matmul_params(att, D)
@@ -160,9 +196,12 @@ class ParameterCounts:
         norms: block norms, the final norm, qk-norms and MLA latent norms.
         lm_head: the output projection (0 when tied) and its bias.
         mtp: multi-token-prediction modules (their embedding and head are shared, not here).
+        mamba: the Mamba mixers of a hybrid model (Jamba), all active.
         routed_active_fraction: K/E, the share of routed-expert weights one token uses.
         mtp_active: parameters of the MTP modules one token uses.
         tied_embeddings: whether the head reuses the embedding matrix.
+        attention_active: the attention parameters one token uses (less than ``attention`` only
+            with a mixture of attention heads); ``None`` means all of them.
     """
 
     embedding: int
@@ -178,6 +217,8 @@ class ParameterCounts:
     routed_active_fraction: float
     mtp_active: int
     tied_embeddings: bool
+    mamba: int = 0
+    attention_active: int | None = None
 
     COMPONENTS = (
         "embedding",
@@ -190,6 +231,7 @@ class ParameterCounts:
         "norms",
         "lm_head",
         "mtp",
+        "mamba",
     )
 
     def total(self, convention: CountConvention = ALL_IN) -> int:
@@ -208,6 +250,8 @@ class ParameterCounts:
         parts = {name: getattr(self, name) for name in self.COMPONENTS}
         # K of E equal-sized experts: the fraction is exact, the product an integer.
         parts["routed_experts"] = round(self.routed_experts * self.routed_active_fraction)
+        if self.attention_active is not None:
+            parts["attention"] = self.attention_active
         parts["mtp"] = self.mtp_active if convention.total_includes_mtp else 0
         if not convention.active_includes_embedding:
             parts["embedding"] = parts["position_embedding"] = 0
@@ -238,11 +282,14 @@ def count_parameters(spec: ModelSpec) -> ParameterCounts:
         >>> round(counts.total() / 1e9, 1), round(counts.active() / 1e9, 1)  # doctest: +SKIP
         (46.7, 12.9)
     """
-    D, V, L = spec.d_model, spec.vocab_size, spec.n_layers
+    D, V = spec.d_model, spec.vocab_size
     att = spec.attention
     n_moe, n_dense = spec.n_moe_layers, spec.n_dense_layers
+    # Attention blocks: the self-attention of every attention block plus the decoder's
+    # cross-attention of an encoder-decoder (same shape).
+    n_attention = spec.n_attention_layers + spec.cross_attention_layers
     moe = spec.moe
-    block_norms = 2 * spec.norm_params  # pre-attention and pre-FFN norms
+    block_norms = spec.block_norms * spec.norm_params
     mtp, mtp_active = 0, 0
     if spec.mtp_layers:
         assert moe is not None, "multi-token prediction is modeled for DeepSeek-V3 MoE blocks"
@@ -253,18 +300,32 @@ def count_parameters(spec: ModelSpec) -> ParameterCounts:
         mtp_active = spec.mtp_layers * (
             own + moe.top_k * expert_params(spec) + shared_expert_params(spec) + router_params(spec)
         )
+    attention_other = attention_other_params(att, D)
+    attention = n_attention * (attention_matmul_params(att, D) + attention_other)
+    attention_active = n_attention * (
+        attention_matmul_params(att, D, active=True) + attention_other
+    )
+    norms = (
+        spec.n_layers * block_norms
+        + n_attention * attention_norm_params(att)
+        + spec.cross_attention_layers * spec.norm_params  # the cross-attention's own norm
+        + (n_moe * spec.norm_params if spec.parallel_ffn_width else 0)  # the parallel FFN's norm
+        + spec.final_norms * spec.norm_params
+    )
     return ParameterCounts(
         embedding=V * D,
-        position_embedding=spec.max_position_embeddings * D,
-        attention=L * (attention_matmul_params(att, D) + attention_other_params(att, D)),
-        dense_ffn=n_dense * dense_ffn_params(spec),
+        position_embedding=spec.max_position_embeddings * D + spec.position_bias_params,
+        attention=attention,
+        dense_ffn=n_dense * dense_ffn_params(spec) + n_moe * parallel_ffn_params(spec),
         routed_experts=n_moe * moe.n_experts * expert_params(spec) if moe else 0,
         shared_experts=n_moe * shared_expert_params(spec),
         router=n_moe * router_params(spec),
-        norms=L * (block_norms + attention_norm_params(att)) + spec.norm_params,
+        norms=norms,
         lm_head=(0 if spec.tied_embeddings else V * D) + (V if spec.lm_head_bias else 0),
         mtp=mtp,
         routed_active_fraction=moe.top_k / moe.n_experts if moe else 0.0,
         mtp_active=mtp_active,
         tied_embeddings=spec.tied_embeddings,
+        mamba=spec.n_mamba_layers * mamba_params(spec.mamba, D) if spec.mamba else 0,
+        attention_active=attention_active if attention_active != attention else None,
     )

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from moe_lab.budget.counts import (
     attention_matmul_params,
     dense_ffn_params,
+    mamba_matmul_params,
+    parallel_ffn_params,
     shared_expert_params,
 )
 from moe_lab.budget.spec import ModelSpec
@@ -39,6 +41,8 @@ class FlopsPerToken:
         shared_experts: the shared experts.
         router: the router logits, 2*D*E per MoE block.
         lm_head: the output projection, 2*D*V.
+        mamba: a hybrid's Mamba mixers: 2 x their projection weights and depthwise-conv weights
+            (the selective scan itself is elementwise, left out like the norms).
     """
 
     attention_proj: float
@@ -48,6 +52,7 @@ class FlopsPerToken:
     shared_experts: float
     router: float
     lm_head: float
+    mamba: float = 0.0
 
     @property
     def total(self) -> float:
@@ -83,6 +88,7 @@ def forward_flops_per_token(spec: ModelSpec, context_len: float) -> FlopsPerToke
     keys = [
         min(context_len, spec.window(i)) if spec.window(i) else context_len
         for i in range(spec.n_layers)
+        if spec.has_attention(i)
     ]
     return _flops(spec, keys)
 
@@ -100,11 +106,15 @@ def training_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
     Returns:
         FLOPs per trained token.
     """
-    keys = [_mean_keys(seq_len, spec.window(i)) for i in range(spec.n_layers)]
+    keys = [
+        _mean_keys(seq_len, spec.window(i)) for i in range(spec.n_layers) if spec.has_attention(i)
+    ]
     return 3 * _flops(spec, keys).total
 
 
 def _flops(spec: ModelSpec, keys_per_layer: list[float]) -> FlopsPerToken:
+    """FLOPs by component; ``keys_per_layer`` has one entry per self-attention block (a
+    decoder's cross-attention projections are counted, its scores over the encoder's keys not)."""
     att, D = spec.attention, spec.d_model
     moe = spec.moe
     per_key = 2 * att.n_heads * (att.qk_dim + att.v_dim)  # Q K^T then probs @ V
@@ -112,14 +122,21 @@ def _flops(spec: ModelSpec, keys_per_layer: list[float]) -> FlopsPerToken:
     # Expert matmuls: bias adds are elementwise, so only the D x F weights count. The shared
     # experts (and Qwen2-MoE's D -> 1 shared gate) are all matmul weights.
     expert_matmul = moe.matrices * D * moe.d_expert if moe else 0
+    n_attention = spec.n_attention_layers + spec.cross_attention_layers
+    mamba = 0
+    if spec.mamba is not None:
+        conv = spec.mamba.d_inner * spec.mamba.d_conv
+        mamba = 2 * spec.n_mamba_layers * (mamba_matmul_params(spec.mamba, D) + conv)
     return FlopsPerToken(
-        attention_proj=2 * spec.n_layers * attention_matmul_params(att, D),
+        attention_proj=2 * n_attention * attention_matmul_params(att, D, active=True),
         attention_scores=per_key * sum(keys_per_layer),
-        dense_ffn=2 * spec.n_dense_layers * dense_ffn_params(spec),
+        dense_ffn=2
+        * (spec.n_dense_layers * dense_ffn_params(spec) + n_moe * parallel_ffn_params(spec)),
         routed_experts=2 * n_moe * moe.top_k * expert_matmul if moe else 0,
         shared_experts=2 * n_moe * shared_expert_params(spec),
         router=2 * n_moe * moe.router_matrices * moe.n_experts * D if moe else 0,
         lm_head=2 * D * spec.vocab_size,
+        mamba=mamba,
     )
 
 

@@ -14,38 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from moe_lab.budget.hf_families import FAMILY_READERS
+from moe_lab.budget.hf_fields import field as _field
+from moe_lab.budget.hf_fields import first_integer as _first_int
+from moe_lab.budget.hf_fields import gqa as _gqa
+from moe_lab.budget.hf_fields import integer as _int
 from moe_lab.budget.spec import AttentionSpec, ConfigError, ModelSpec, MoESpec
 
 
-def _field(config: dict[str, Any], name: str, family: str) -> Any:
-    """config[name], or a ConfigError naming the missing field and the family."""
-    if name not in config or config[name] is None:
-        raise ConfigError(
-            f"config for model_type={family!r} is missing {name!r}: copy it from the model's"
-            " config.json"
-        )
-    return config[name]
-
-
-def _int(config: dict[str, Any], name: str, family: str) -> int:
-    value = _field(config, name, family)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name}={value!r} in the {family!r} config must be an integer >= 0")
-    return value
-
-
-def _gqa(config: dict[str, Any], family: str, **extra: Any) -> AttentionSpec:
-    """Grouped-query attention from the usual Hugging Face fields."""
-    heads = _int(config, "num_attention_heads", family)
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or _int(config, "hidden_size", family) // heads
-    return AttentionSpec("gqa", heads, kv_heads, head_dim, **extra)
-
-
-def _mixtral(c: dict[str, Any]) -> ModelSpec:
+def _mixtral(c: dict[str, Any], f: str = "mixtral", block_norms: int = 2) -> ModelSpec:
     # transformers/models/mixtral/modeling_mixtral.py: q/k/v/o without bias, router (E, D),
     # experts w1/w3 (F, D) and w2 (D, F), RMSNorm (D) twice per block, untied head.
-    f = "mixtral"
+    # The same layout, read with f and block_norms: IBM Granite 3.0 MoE (granitemoe: tied
+    # embeddings, experts stored as input_linear (E, 2F, D) and output_linear (E, D, F)) and
+    # Grok-1 (four RMSNorms per block, around attention and around the MoE; tied embeddings).
     n_layers = _int(c, "num_hidden_layers", f)
     window = c.get("sliding_window")
     return ModelSpec(
@@ -55,7 +37,7 @@ def _mixtral(c: dict[str, Any]) -> ModelSpec:
         d_model=_int(c, "hidden_size", f),
         attention=_gqa(c, f),
         moe=MoESpec(
-            _int(c, "num_local_experts", f),
+            _first_int(c, ("num_local_experts", "num_experts"), f),
             _int(c, "num_experts_per_tok", f),
             _int(c, "intermediate_size", f),
         ),
@@ -63,6 +45,7 @@ def _mixtral(c: dict[str, Any]) -> ModelSpec:
         norm_params=_int(c, "hidden_size", f),
         tied_embeddings=bool(c.get("tie_word_embeddings", False)),
         attention_windows=(window,) * n_layers if window else (),
+        block_norms=block_norms,
     )
 
 
@@ -90,7 +73,8 @@ def _qwen_moe(c: dict[str, Any], family: str) -> ModelSpec:
         d_model=_int(c, "hidden_size", family),
         attention=attention,
         moe=MoESpec(
-            _int(c, "num_experts", family),
+            # transformers 5 re-saves these configs with num_local_experts: accept both.
+            _first_int(c, ("num_experts", "num_local_experts"), family),
             _int(c, "num_experts_per_tok", family),
             _int(c, "moe_intermediate_size", family),
             shared_width=shared,
@@ -108,21 +92,28 @@ def _deepseek(c: dict[str, Any], family: str) -> ModelSpec:
     # blocks < first_k_dense_replace use a dense FFN of width intermediate_size, later blocks
     # (every moe_layer_freq-th) an MoE block with n_shared_experts shared experts of width
     # moe_intermediate_size; V3's noaux_tc router stores e_score_correction_bias (E,).
+    # DeepSeekMoE (v1, model_type "deepseek", deepseek-moe-16b's modeling_deepseek.py): the same
+    # blocks with ordinary multi-head attention (q/k/v/o without bias) instead of MLA.
+    # Kimi K2 (model_type "kimi_k2"): DeepSeek-V3's architecture with other sizes.
     n_layers = _int(c, "num_hidden_layers", family)
     first_dense = c.get("first_k_dense_replace", 0) or 0
     freq = c.get("moe_layer_freq", 1) or 1
     moe_layers = tuple(i >= first_dense and i % freq == 0 for i in range(n_layers))
     d_expert = _int(c, "moe_intermediate_size", family)
-    attention = AttentionSpec(
-        "mla",
-        n_heads=_int(c, "num_attention_heads", family),
-        n_kv_heads=_int(c, "num_attention_heads", family),
-        head_dim=_int(c, "v_head_dim", family),
-        q_lora_rank=c.get("q_lora_rank"),  # None: queries projected directly (V2-Lite)
-        kv_lora_rank=_int(c, "kv_lora_rank", family),
-        qk_nope_head_dim=_int(c, "qk_nope_head_dim", family),
-        qk_rope_head_dim=_int(c, "qk_rope_head_dim", family),
-        v_head_dim=_int(c, "v_head_dim", family),
+    attention = (
+        _gqa(c, family)
+        if family == "deepseek"
+        else AttentionSpec(
+            "mla",
+            n_heads=_int(c, "num_attention_heads", family),
+            n_kv_heads=_int(c, "num_attention_heads", family),
+            head_dim=_int(c, "v_head_dim", family),
+            q_lora_rank=c.get("q_lora_rank"),  # None: queries projected directly (V2-Lite)
+            kv_lora_rank=_int(c, "kv_lora_rank", family),
+            qk_nope_head_dim=_int(c, "qk_nope_head_dim", family),
+            qk_rope_head_dim=_int(c, "qk_rope_head_dim", family),
+            v_head_dim=_int(c, "v_head_dim", family),
+        )
     )
     return ModelSpec(
         name=c.get("_name", family),
@@ -297,6 +288,11 @@ _READERS: dict[str, Callable[[dict[str, Any]], ModelSpec]] = {
     "phimoe": _phimoe,
     "llama4": _llama4,
     "llama4_text": _llama4,
+    "deepseek": lambda c: _deepseek(c, "deepseek"),
+    "kimi_k2": lambda c: _deepseek(c, "kimi_k2"),
+    "granitemoe": lambda c: _mixtral(c, "granitemoe"),
+    "grok-1": lambda c: _mixtral(c, "grok-1", block_norms=4),
+    **FAMILY_READERS,
 }
 SUPPORTED_MODEL_TYPES = tuple(_READERS)
 
@@ -305,7 +301,8 @@ def from_hf_config(config: dict[str, Any], name: str | None = None) -> ModelSpec
     """Build a ``ModelSpec`` from a Hugging Face style ``config.json`` dict.
 
     Supported ``model_type`` values: ``SUPPORTED_MODEL_TYPES`` (Mixtral, Qwen1.5/Qwen2-MoE,
-    Qwen3-MoE, DeepSeek-V2/V3, OLMoE, DBRX, gpt-oss, Phi-3.5-MoE, Llama 4).
+    Qwen3-MoE, DeepSeekMoE, DeepSeek-V2/V3, Kimi K2, OLMoE, DBRX, gpt-oss, Phi-3.5-MoE, Llama 4,
+    GLM-4.5, Granite 3.0 MoE, JetMoE, Jamba, Switch Transformers, Snowflake Arctic, Grok-1).
 
     Args:
         config: the parsed ``config.json``; only the fields that set parameter shapes are read.

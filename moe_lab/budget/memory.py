@@ -91,7 +91,9 @@ def kv_cache_bytes(spec: ModelSpec, context_len: int, batch: int = 1, dtype: str
 
     GQA caches a key and a value per KV head: 2*KV*hd elements per token per block. MLA caches
     the compressed latent and the decoupled RoPE key: kv_lora_rank + rope dim (DeepSeek-V2,
-    Table 1). Blocks with a sliding or chunked window keep at most ``window`` tokens.
+    Table 1). Blocks with a sliding or chunked window keep at most ``window`` tokens. Mamba
+    blocks (Jamba) keep a fixed-size state instead, not counted here; an encoder-decoder's
+    cross-attention cache (the encoder's keys) is not counted either.
 
     Args:
         spec: the model.
@@ -106,6 +108,7 @@ def kv_cache_bytes(spec: ModelSpec, context_len: int, batch: int = 1, dtype: str
     tokens = sum(
         min(context_len, spec.window(i)) if spec.window(i) else context_len
         for i in range(spec.n_layers)
+        if spec.has_attention(i)
     )
     return batch * tokens * per_token * dtype_bytes(dtype)
 
@@ -121,7 +124,8 @@ def activation_bytes(
     without a fused attention kernel also the H x T scores and probabilities;
     a dense FFN: 2D plus its hidden tensors (3F for SwiGLU: gate, up, product; 2F for GELU);
     an MoE block: 2D, the E router logits, and per routed copy (K per token) the gathered input D
-    and the expert's hidden tensors, plus the shared experts' hidden tensors.
+    and the expert's hidden tensors, plus the shared experts' hidden tensors; a Mamba block
+    (Jamba): 2D plus its 2 d_inner input projection, conv output and scan output (4 d_inner).
     The embedding output and the logits (V per token) are added once.
 
     Args:
@@ -146,6 +150,13 @@ def activation_bytes(
         m = spec.moe
         per_copy = D + m.matrices * m.d_expert
         moe_elems = 2 * D + m.n_experts + m.top_k * per_copy + m.matrices * m.shared_width
-    per_token = spec.n_layers * attn + spec.n_dense_layers * dense + spec.n_moe_layers * moe_elems
+    mamba = 2 * D + 4 * spec.mamba.d_inner if spec.mamba is not None else 0
+    n_attention = spec.n_attention_layers + spec.cross_attention_layers
+    per_token = (
+        n_attention * attn
+        + spec.n_mamba_layers * mamba
+        + spec.n_dense_layers * dense
+        + spec.n_moe_layers * moe_elems
+    )
     per_token += D + spec.vocab_size  # embedding output, logits
     return tokens * per_token * dtype_bytes(dtype)

@@ -4,7 +4,7 @@ Each ``Preset`` holds the architecture fields of the model's Hugging Face ``conf
 fields that set parameter shapes; the rest do not change any count), the total and active counts
 its authors published, and the counting convention under which the calculator reproduces them.
 ``tests/test_budget.py`` asserts every preset within 1% (2% where the published figure is given to
-one or two significant digits).
+one or two significant digits; ``presets_more`` adds models checked to the card's rounding).
 
 Sources are recorded next to each number. "config" sources are the model repositories'
 ``config.json``; where a value was checked against a copy in another public repository, that copy
@@ -15,6 +15,7 @@ Taught in: notebooks/06_compute_budgets.ipynb.
 
 from __future__ import annotations
 
+from moe_lab.budget.presets_more import MORE_PRESETS
 from moe_lab.budget.published import (
     AI2,
     DATABRICKS,
@@ -496,3 +497,8 @@ for _name, _repo, _experts, _step, _total in (
             " checkpoint, which also holds a vision encoder.",
         )
     )
+
+# The families beyond plain decoder MoEs (hybrids, an encoder-decoder, mixtures of attention
+# heads, parallel dense FFNs): moe_lab/budget/presets_more.py.
+for _preset in MORE_PRESETS:
+    _add(_preset)

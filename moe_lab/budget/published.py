@@ -30,13 +30,20 @@ class PublishedFigure:
             tolerance is then 2% instead of 1%.
         truncated_to: the figure appears truncated rather than rounded, to this unit (``0.1e9``
             for "2.4B" when the count is 2.45B): the check is then
-            ``value <= computed < value + truncated_to``. Used once, and said why.
+            ``value <= computed < value + truncated_to``. Said why wherever it is used.
+        rounded_to: the figure is the count rounded to this unit ("32B": ``1e9``): the check is
+            then that the count rounds to it, ``|computed - value| <= rounded_to / 2``.
+        share_of_routed_experts: the figure is not a count but the share of the routed experts'
+            weights one token uses (xAI's "25% of the weights active" for Grok-1): the check is
+            then ``K/E == value``.
     """
 
     value: float
     source: str
     rounded: bool = False
     truncated_to: float | None = None
+    rounded_to: float | None = None
+    share_of_routed_experts: bool = False
 
     @property
     def tolerance(self) -> float:
@@ -49,6 +56,8 @@ class PublishedFigure:
         """Whether ``computed`` reproduces this figure (see the class docstring)."""
         if self.truncated_to is not None:
             return self.value <= computed < self.value + self.truncated_to
+        if self.rounded_to is not None:
+            return abs(computed - self.value) <= self.rounded_to / 2
         return abs(self.relative_error(computed)) <= self.tolerance
 
 
@@ -63,6 +72,17 @@ MICROSOFT = CountConvention("Microsoft: not stated (embedding + head)", True, Tr
 AI2 = CountConvention("AI2: embedding + head", True, True)
 META = CountConvention("Meta: embedding + head", True, True)
 DATABRICKS = CountConvention("Databricks: not stated (embedding + head)", True, True)
+# DeepSeekMoE 16B's "2.8B" (January 2024) fits only with the embedding; from DeepSeek-V2
+# (May 2024) on, DeepSeek's activated counts leave it out (DEEPSEEK above).
+DEEPSEEK_MOE = CountConvention("DeepSeek, DeepSeekMoE 16B: embedding + head", True, True)
+MOONSHOT = CountConvention("Moonshot AI: head, no input embedding (as DeepSeek)", False, True)
+ZHIPU = CountConvention("Zhipu AI: no embedding, no head, no MTP", False, False)
+IBM = CountConvention("IBM: no embedding, no head", False, False)
+JETMOE = CountConvention("JetMoE: no embedding, no head", False, False)
+AI21 = CountConvention("AI21 Labs: not stated (embedding + head)", True, True)
+GOOGLE = CountConvention("Google, Switch: embedding + head (the T5 count)", True, True)
+SNOWFLAKE = CountConvention("Snowflake: not stated (embedding + head)", True, True)
+XAI = CountConvention("xAI: a share of the expert weights, not a count", True, True)
 
 LAB_CONVENTIONS: dict[str, CountConvention] = {
     "Mistral AI": MISTRAL,
@@ -73,6 +93,15 @@ LAB_CONVENTIONS: dict[str, CountConvention] = {
     "AI2": AI2,
     "Meta": META,
     "Databricks": DATABRICKS,
+    "DeepSeek (DeepSeekMoE 16B, 2024-01)": DEEPSEEK_MOE,
+    "Moonshot AI": MOONSHOT,
+    "Zhipu AI": ZHIPU,
+    "IBM": IBM,
+    "JetMoE": JETMOE,
+    "AI21 Labs": AI21,
+    "Google": GOOGLE,
+    "Snowflake": SNOWFLAKE,
+    "xAI": XAI,
 }
 
 
@@ -108,3 +137,18 @@ class Preset:
 
     def counts(self) -> ParameterCounts:
         return count_parameters(self.spec())
+
+    def total_agrees(self, counts: ParameterCounts | None = None) -> bool:
+        """Whether the calculator's total, under this preset's convention, reproduces the card."""
+        counts = counts or self.counts()
+        return self.total.agrees(counts.total(self.convention))
+
+    def active_agrees(
+        self, counts: ParameterCounts | None = None, convention: CountConvention | None = None
+    ) -> bool:
+        """Whether the active count under ``convention`` (default: the preset's) reproduces the
+        card; for a share-of-experts figure, whether K/E equals it."""
+        counts = counts or self.counts()
+        if self.active.share_of_routed_experts:
+            return abs(counts.routed_active_fraction - self.active.value) < 1e-12
+        return self.active.agrees(counts.active(convention or self.convention))

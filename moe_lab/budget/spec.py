@@ -46,6 +46,10 @@ class AttentionSpec:
         sinks: one learned attention-sink logit per head (gpt-oss).
         q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim: MLA sizes;
             ``q_lora_rank=None`` means queries are projected directly (DeepSeek-V2-Lite).
+        n_experts, top_k: a mixture of attention heads (JetMoE, after ModuleFormer): ``n_experts``
+            experts each hold their own query and output projections for ``n_heads // top_k``
+            heads, keys and values are shared, a router (E, D) picks ``top_k`` experts per token
+            and a D-wide bias is added to the output. 1 and 1 for ordinary attention.
     """
 
     kind: str
@@ -61,6 +65,8 @@ class AttentionSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    n_experts: int = 1
+    top_k: int = 1
 
     @property
     def qk_dim(self) -> int:
@@ -99,6 +105,7 @@ class MoESpec:
         router_bias: a bias of E on the router logits (gpt-oss).
         score_bias: a stored E-vector used only for selection (DeepSeek-V3's
             ``e_score_correction_bias``, updated by loss-free balancing, stored in the checkpoint).
+        output_bias: a D-wide bias added to the block's output (JetMoE).
     """
 
     n_experts: int
@@ -111,11 +118,44 @@ class MoESpec:
     router_matrices: int = 1
     router_bias: bool = False
     score_bias: bool = False
+    output_bias: bool = False
+
+
+@dataclass(frozen=True)
+class MambaSpec:
+    """The Mamba (selective state space) mixer of the blocks that have no attention (Jamba).
+
+    Parameters per block (Gu & Dao 2023, "Mamba", section 3 and Figure 3; transformers'
+    ``JambaMambaMixer``): in_proj (D, 2 d_inner), a depthwise conv (d_inner, d_conv) with a bias,
+    x_proj (d_inner, dt_rank + 2 d_state), dt_proj (dt_rank, d_inner) with a bias, A_log
+    (d_inner, d_state), D (d_inner), out_proj (d_inner, D); Jamba adds RMSNorms on dt, B and C.
+
+    Args:
+        d_inner: expanded width (``mamba_expand * D``).
+        d_state: state size per channel.
+        d_conv: depthwise convolution width.
+        dt_rank: rank of the time-step projection.
+        conv_bias: a bias on the convolution.
+        proj_bias: biases on in_proj and out_proj.
+        inner_norms: Jamba's RMSNorms on dt (dt_rank), B and C (d_state each).
+    """
+
+    d_inner: int
+    d_state: int
+    d_conv: int
+    dt_rank: int
+    conv_bias: bool = True
+    proj_bias: bool = False
+    inner_norms: bool = False
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything the budget calculators need to know about a decoder-only transformer.
+    """Everything the budget calculators need to know about a transformer's shapes.
+
+    Decoder-only models, hybrids with Mamba blocks (Jamba) and encoder-decoders (Switch
+    Transformers: the encoder and decoder blocks in one ``moe_layers`` tuple, the decoder's
+    cross-attention counted by ``cross_attention_layers``) share this one description.
 
     Args:
         name: label for tables and plots.
@@ -135,6 +175,18 @@ class ModelSpec:
             attention), ``None`` for global attention; ``()`` means global everywhere.
         mtp_layers: DeepSeek-V3 multi-token-prediction modules (each: two norms, a (2D, D)
             projection and one full MoE block; embedding and head shared with the main model).
+        mamba: the Mamba mixer of blocks without attention (Jamba), or ``None``.
+        attention_layers: per block, whether its mixer is attention (``False``: Mamba);
+            ``()`` means attention in every block.
+        cross_attention_layers: decoder blocks of an encoder-decoder, each with a second
+            (cross-)attention block of the same shape and its own norm.
+        position_bias_params: learned relative-position biases (T5 / Switch: buckets x heads
+            in the first block of each stack), counted with the position embedding.
+        parallel_ffn_width: hidden width of a dense FFN run in parallel with every MoE block,
+            with its own norm (Snowflake Arctic's "dense-MoE hybrid" residual); 0 = none.
+        block_norms: norms per block (2 in pre-norm blocks; Grok-1 has 4: before and after
+            attention and the MoE).
+        final_norms: norms after the last block (an encoder-decoder has one per stack).
     """
 
     name: str
@@ -152,10 +204,29 @@ class ModelSpec:
     max_position_embeddings: int = 0
     attention_windows: tuple[int | None, ...] = ()
     mtp_layers: int = 0
+    mamba: MambaSpec | None = None
+    attention_layers: tuple[bool, ...] = ()
+    cross_attention_layers: int = 0
+    position_bias_params: int = 0
+    parallel_ffn_width: int = 0
+    block_norms: int = 2
+    final_norms: int = 1
 
     @property
     def n_layers(self) -> int:
         return len(self.moe_layers)
+
+    def has_attention(self, layer: int) -> bool:
+        """Whether block ``layer`` mixes tokens with attention (else with Mamba)."""
+        return self.attention_layers[layer] if self.attention_layers else True
+
+    @property
+    def n_attention_layers(self) -> int:
+        return sum(self.has_attention(i) for i in range(self.n_layers))
+
+    @property
+    def n_mamba_layers(self) -> int:
+        return self.n_layers - self.n_attention_layers
 
     @property
     def n_moe_layers(self) -> int:
