@@ -705,3 +705,9 @@ def useful_fraction(rng: random.Random) -> NumericCase:
         params={"loads": loads},
         abs_tol=0.005,
     )
+
+
+# Notebook 07's generators (the dispatch ladder, host syncs, expert parallelism, group-limited
+# routing) live in their own module; importing it here registers them with every import of this
+# one.
+from moe_lab.grill import numeric_scaling  # noqa: E402, F401  (registers its generators)
