@@ -28,19 +28,15 @@
 # Every checkable claim in the text is checked by an `assert` in the next cell. Shapes: `N` tokens, `D` model width, `F` expert width, `E` experts, `K` experts per token.
 
 # %%
-import math
 import platform
 
 import plotly
-import plotly.graph_objects as go
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import moe_lab
-from moe_lab import DenseFFN, MoEConfig, MoELayer, ModelConfig, RoutingResult
+from moe_lab import DenseFFN, MoEConfig, MoELayer, ModelConfig
 from moe_lab.balancing import load_balancing_loss
-from moe_lab.bench.common import median, time_interleaved
 from moe_lab.cpp_kernels import kernel_status
 from moe_lab.dispatch import dispatch_capacity, dispatch_naive, dispatch_sorted, dispatch_sorted_python
 from moe_lab.routers import build_router

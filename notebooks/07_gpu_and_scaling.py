@@ -768,3 +768,101 @@ assert ratio < 1
 # per group too: `capacity_groups=W`.</details>
 #
 # **Next**: notebook 08, the interview grill.
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab`'s own implementation and says exactly what differs: the shape, the value at a named case, the host synchronization, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+import torch
+
+from moe_lab.exercises.gpu_and_scaling import check_all_to_all_splits, check_expert_offsets, check_group_limited_topk
+
+
+# %% [markdown]
+# ### Exercise 1: the group offsets, without a host synchronization
+#
+# After the sort, the rows of a sorted dispatch are grouped by expert: `sorted_expert_ids` (M,) is ascending, and expert e's rows are `[offsets[e], offsets[e + 1])`. `grouped` hands these offsets to `grouped_mm` as a device tensor (section 4), so they must be computed without reading any value back to the host.
+# Write `my_expert_offsets(sorted_expert_ids, n_experts)` returning the (E + 1,) integer tensor of offsets: `offsets[e]` is the first row of expert e, `offsets[E] = M`; an expert with no row has an empty range.
+# The check compares with `sort_by_expert(..., host_offsets=False).device_offsets`, with empty experts (the first, the last, most of them), and runs your function under `audit_operators`: a `bincount`, `.item()`, `.tolist()`, `nonzero` or a tensor built from Python numbers fails it, as it would stall a GPU.
+
+# %%
+def my_expert_offsets(sorted_expert_ids, n_experts):
+    # sorted_expert_ids (M,) long, ascending -> offsets (E + 1,) long, on the same device
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def expert_offsets_solution(sorted_expert_ids, n_experts):
+    # the first row of each expert e = 0 .. E: a binary search on the device, no value read back
+    expert_ids = torch.arange(n_experts + 1, device=sorted_expert_ids.device)  # (E+1,)
+    return torch.searchsorted(sorted_expert_ids, expert_ids)  # (E+1,), offsets[E] = M
+
+
+# %%
+check_expert_offsets(my_expert_offsets, reference=expert_offsets_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: the all-to-all's split sizes
+#
+# Before its dispatch all-to-all, every rank of section 6 must know how many token copies it sends to each rank (`all_to_all_single`'s `input_split_sizes`) and receives from each (`output_split_sizes`). Rank r holds tokens `[r·N/W, (r+1)·N/W)` and experts `[r·E/W, (r+1)·E/W)`; a token sends one copy per chosen expert, and a copy whose expert is on its own rank still counts in its own chunk (`all_to_all_single` copies it in memory).
+# Write `my_all_to_all_splits(expert_indices, n_experts, world_size)`: from the routing `expert_indices` (N, K) of all ranks' tokens in rank order, return the (W, W) integer matrix `splits[r, s]`, the copies rank r sends to rank s. Row r is rank r's send sizes, column r its receive sizes, and the combine all-to-all uses the transpose.
+# The check compares with the split sizes `ExpertParallelMoE` builds from the same routing (each rank sorts its copies by expert and adds up each rank's block), for W = 1, 2 and 4 and a routing that sends everything to rank 0, and the bytes your off-diagonal entries imply with `moe_lab.budget.all_to_all_bytes`.
+
+# %%
+def my_all_to_all_splits(expert_indices, n_experts, world_size):
+    # expert_indices (N, K) long, tokens in rank order -> splits (W, W) long
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def all_to_all_splits_solution(expert_indices, n_experts, world_size):
+    n_tokens = expert_indices.shape[0]
+    source = torch.arange(n_tokens) // (n_tokens // world_size)  # (N,): rank of each token
+    destination = expert_indices // (n_experts // world_size)  # (N, K): rank of each copy's expert
+    pairs = source[:, None] * world_size + destination  # (N, K): flat (source, destination)
+    counts = torch.bincount(pairs.flatten(), minlength=world_size**2)  # (W*W,)
+    return counts.view(world_size, world_size)  # [r, s]: copies rank r sends to rank s
+
+
+# %%
+check_all_to_all_splits(my_all_to_all_splits, reference=all_to_all_splits_solution)
+
+
+# %% [markdown]
+# ### Exercise 3: DeepSeek's group-limited top-k
+#
+# Write `my_group_limited_topk(scores, top_k, n_group, topk_group, method)` as section 7 describes it: the E experts form `n_group` contiguous groups of E/G; each token keeps its best `topk_group` groups by a group score, then its `top_k` experts inside those groups only. `method` is `"group_limited_greedy"` (DeepSeek-V2: a group's best score) or `"noaux_tc"` (DeepSeek-V3: the sum of its two best). Return the (N, K) indices, largest score first, as `torch.topk` returns them.
+# The check compares with `moe_lab.group_routing.select_experts`, on section 7's hand case, on DeepSeek-V3's shape (256 experts, 8 groups, top 4, K = 8) and on scores below 0 (a sigmoid plus a negative selection bias), where an excluded expert must lose to every allowed one.
+
+# %%
+def my_group_limited_topk(scores, top_k, n_group, topk_group, method):
+    # scores (N, E) -> indices (N, K) long, largest first
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def group_limited_topk_solution(scores, top_k, n_group, topk_group, method):
+    n_tokens, n_experts = scores.shape
+    grouped = scores.view(n_tokens, n_group, n_experts // n_group)  # (N, G, E/G): contiguous
+    if method == "group_limited_greedy":  # DeepSeek-V2: a group's best expert
+        group_score = grouped.amax(dim=-1)  # (N, G)
+    else:  # "noaux_tc", DeepSeek-V3: the sum of a group's two best
+        group_score = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (N, G)
+    best = group_score.topk(topk_group, dim=-1).indices  # (N, M)
+    allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter(1, best, True)  # (N, G)
+    allowed = allowed.repeat_interleave(n_experts // n_group, dim=1)  # (N, G) -> (N, E)
+    limited = scores.masked_fill(~allowed, float("-inf"))  # excluded experts can never win
+    return limited.topk(top_k, dim=-1).indices  # (N, K), largest first
+
+
+# %%
+check_group_limited_topk(my_group_limited_topk, reference=group_limited_topk_solution)

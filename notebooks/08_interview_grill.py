@@ -276,7 +276,7 @@ for name in ("Mixtral-8x7B", "DeepSeek-V3", "Qwen3-30B-A3B", "gpt-oss-120b"):
 assert all(share < 0.005 for share in router_share.values()) and router_share["Mixtral-8x7B"] < 1e-4
 
 # %% [markdown]
-# What costs time in an MoE layer is dispatch (sorting, gathering, scattering: memory traffic), the all-to-all under expert parallelism, waiting for the busiest expert, and reading every touched expert's weights (notebooks 02, 03 and 06 measure each). The router matters for quality and stability (its logits, its precision, its balance), not for speed.
+# What costs time in an MoE layer is dispatch (sorting, gathering, scattering: memory traffic), the all-to-all under expert parallelism, waiting for the busiest device, and reading every touched expert's weights (notebooks 03, 06 and 07 measure each). The router matters for quality and stability (its logits, its precision, its balance), not for speed.
 #
 # ### What is public about GPT-4 and PaLM 2
 #

@@ -32,6 +32,7 @@ NOTEBOOK_MODULES = {
     "03_load_balancing": "load_balancing",
     "04_train_tiny_moe": "train_tiny_moe",
     "06_compute_budgets": "compute_budgets",
+    "07_gpu_and_scaling": "gpu_and_scaling",
 }
 
 
@@ -608,6 +609,110 @@ def a2a_per_rank(n_tokens, top_k, d_model, world_size, bytes_per_value):
     return 2 * n_tokens * top_k * d_model * bytes_per_value * (world_size - 1) / world_size**2
 
 
+# notebook 07: group offsets on the device, the all-to-all's split sizes, group-limited top-k
+
+
+def offsets_by_bincount(sorted_expert_ids, n_experts):  # right values, a host sync on a GPU
+    counts = torch.bincount(sorted_expert_ids, minlength=n_experts)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def offsets_from_python(sorted_expert_ids, n_experts):  # right values, E + 1 reads and a copy
+    return torch.tensor([int((sorted_expert_ids < e).sum()) for e in range(n_experts + 1)])
+
+
+def offsets_as_list(sorted_expert_ids, n_experts):
+    return torch.searchsorted(sorted_expert_ids, torch.arange(n_experts + 1)).tolist()
+
+
+def offsets_ends(sorted_expert_ids, n_experts):
+    return torch.searchsorted(sorted_expert_ids, torch.arange(n_experts + 1), right=True)
+
+
+def offsets_counts_only(sorted_expert_ids, n_experts):
+    return (sorted_expert_ids[:, None] == torch.arange(n_experts)).sum(0)
+
+
+def _splits(source, destination, world_size):
+    pairs = (source[:, None] * world_size + destination).flatten()
+    return torch.bincount(pairs, minlength=world_size**2).view(world_size, world_size)
+
+
+def splits_round_robin_experts(expert_indices, n_experts, world_size):
+    source = torch.arange(len(expert_indices)) // (len(expert_indices) // world_size)
+    return _splits(source, expert_indices % world_size, world_size)
+
+
+def splits_round_robin_tokens(expert_indices, n_experts, world_size):
+    source = torch.arange(len(expert_indices)) % world_size
+    return _splits(source, expert_indices // (n_experts // world_size), world_size)
+
+
+def splits_received(expert_indices, n_experts, world_size):  # the transpose
+    return solution("all_to_all_splits")(expert_indices, n_experts, world_size).T
+
+
+def splits_remote_only(expert_indices, n_experts, world_size):
+    splits = solution("all_to_all_splits")(expert_indices, n_experts, world_size).clone()
+    return splits.fill_diagonal_(0)
+
+
+def splits_per_token(expert_indices, n_experts, world_size):  # a token's copies to a rank merged
+    n_tokens = len(expert_indices)
+    splits = torch.zeros(world_size, world_size, dtype=torch.long)
+    for n, experts in enumerate(expert_indices.tolist()):
+        for destination in {e // (n_experts // world_size) for e in experts}:
+            splits[n // (n_tokens // world_size), destination] += 1
+    return splits
+
+
+def _group_limited(scores, top_k, n_group, topk_group, score, fill=float("-inf"), contiguous=True):
+    n_tokens, n_experts = scores.shape
+    per_group = n_experts // n_group
+    if contiguous:
+        grouped = scores.view(n_tokens, n_group, per_group)
+    else:  # expert e in group e % G
+        grouped = scores.view(n_tokens, per_group, n_group).transpose(1, 2)
+    best = score(grouped).topk(topk_group, dim=-1).indices
+    allowed = torch.zeros(n_tokens, n_group, dtype=torch.bool).scatter(1, best, True)
+    if contiguous:
+        allowed = allowed.repeat_interleave(per_group, dim=1)
+    else:
+        allowed = allowed.repeat(1, per_group)
+    return scores.masked_fill(~allowed, fill).topk(top_k, dim=-1).indices
+
+
+def _score_of(method):
+    if method == "noaux_tc":
+        return lambda g: g.topk(2, dim=-1).values.sum(-1)
+    return lambda g: g.amax(-1)
+
+
+def limited_always_max(scores, top_k, n_group, topk_group, method):
+    return _group_limited(scores, top_k, n_group, topk_group, _score_of("group_limited_greedy"))
+
+
+def limited_always_sum_of_two(scores, top_k, n_group, topk_group, method):
+    return _group_limited(scores, top_k, n_group, topk_group, _score_of("noaux_tc"))
+
+
+def limited_zero_fill(scores, top_k, n_group, topk_group, method):  # Hugging Face's fill
+    return _group_limited(scores, top_k, n_group, topk_group, _score_of(method), fill=0.0)
+
+
+def limited_interleaved(scores, top_k, n_group, topk_group, method):
+    return _group_limited(scores, top_k, n_group, topk_group, _score_of(method), contiguous=False)
+
+
+def limited_ascending(scores, top_k, n_group, topk_group, method):
+    chosen = _group_limited(scores, top_k, n_group, topk_group, _score_of(method))
+    return chosen.sort(dim=-1).values
+
+
+def limited_ignored(scores, top_k, n_group, topk_group, method):
+    return scores.topk(top_k, dim=-1).indices
+
+
 WRONG = [  # (exercise, wrong version, words the failure message must contain)
     ("swiglu_ffn", swiglu_silu_on_up, "SiLU is applied to the up projection instead of the gate"),
     ("swiglu_ffn", swiglu_geglu, "GELU replaces SiLU"),
@@ -700,6 +805,22 @@ WRONG = [  # (exercise, wrong version, words the failure message must contain)
     ("all_to_all_bytes", a2a_every_copy, "including those whose expert is on the token's own rank"),
     ("all_to_all_bytes", a2a_one_way, "only one direction is counted"),
     ("all_to_all_bytes", a2a_per_rank, "only one rank's bytes are counted"),
+    ("expert_offsets", offsets_by_bincount, "right, but computing them would make a GPU wait"),
+    ("expert_offsets", offsets_from_python, "a tensor built from host data"),
+    ("expert_offsets", offsets_as_list, "the offsets are a Python list"),
+    ("expert_offsets", offsets_ends, "each expert's end is returned instead of its start"),
+    ("expert_offsets", offsets_counts_only, "one number per expert; the offsets have E + 1"),
+    ("all_to_all_splits", splits_round_robin_experts, "the experts are placed round-robin"),
+    ("all_to_all_splits", splits_round_robin_tokens, "the tokens are dealt round-robin"),
+    ("all_to_all_splits", splits_received, "the matrix is transposed"),
+    ("all_to_all_splits", splits_remote_only, "the diagonal is 0"),
+    ("all_to_all_splits", splits_per_token, "tokens are counted instead of token copies"),
+    ("group_limited_topk", limited_always_max, "the best expert's (DeepSeek-V2's rule)"),
+    ("group_limited_topk", limited_always_sum_of_two, "the sum of the two best (DeepSeek-V3's"),
+    ("group_limited_topk", limited_zero_fill, "set to 0 (as Hugging Face's DeepSeek code does)"),
+    ("group_limited_topk", limited_interleaved, "the groups are interleaved"),
+    ("group_limited_topk", limited_ascending, "right but in another order"),
+    ("group_limited_topk", limited_ignored, "the group limit is ignored"),
 ]
 
 

@@ -55,6 +55,28 @@ REQUIRED_COVERAGE = {
     "multi-tenant MoE serving": ["budgets-multitenant-serving"],
     "load-balancing strategies in production": ["balancing-production-strategies"],
     "hash routing and expert choice": ["routing-hash", "routing-expert-choice"],
+    # notebook 07 (GPU and scaling)
+    "the dispatch ladder and its costs": [
+        "scaling-dispatch-implementations",
+        "scaling-dispatch-ladder-costs",
+        "scaling-ladder-flops",
+    ],
+    "host synchronizations on a GPU": ["scaling-host-syncs", "scaling-host-sync-count"],
+    "expert parallelism's communication volume": [
+        "scaling-all-to-all-backward",
+        "scaling-all-to-all-bytes",
+        "scaling-ep-rank-bytes",
+    ],
+    "stragglers under expert parallelism": ["scaling-straggler", "scaling-useful-fraction"],
+    "memory per device under expert parallelism": [
+        "scaling-ep-memory",
+        "scaling-ep-memory-per-device",
+    ],
+    "capacity and balancing losses under expert parallelism": [
+        "scaling-ep-capacity-groups",
+        "scaling-bug-per-rank-balancing-loss",
+    ],
+    "DeepSeek's group-limited routing": ["scaling-group-limited-routing", "scaling-groups-touched"],
     "Switch, GLaM, Mixtral, DeepSeek-V3 facts": [
         "scaling-facts-switch",
         "scaling-facts-glam",
@@ -85,6 +107,7 @@ REQUIRED_BUGS = {
     "per_expert_indexing",
     "expert_choice_decoder",
     "circulating_snippet",
+    "per_rank_balancing_loss",  # notebook 07: a balancing loss averaged over ranks
 }
 # Issue 13's numeric examples, by generator.
 REQUIRED_NUMERIC = {
@@ -99,6 +122,12 @@ REQUIRED_NUMERIC = {
     "kv_cache",  # KV-cache memory ...
     "weight_memory",  # ... and weight memory
     "flops_per_token",  # FLOPs per token
+    # notebook 07
+    "ladder_flops",
+    "host_syncs",
+    "ep_rank_bytes",
+    "ep_memory_per_device",
+    "groups_touched",
 }
 
 
@@ -131,6 +160,23 @@ def test_every_question_has_an_answer_difficulty_and_an_existing_section():
         assert q.link.section in headings(q.link.notebook), (
             f"{q.id}: no heading {q.link.section!r} in {path.name}"
         )
+
+
+def test_scaling_questions_demonstrated_in_notebook_07_link_there():
+    # notebook 07 runs expert parallelism, the dispatch ladder and group-limited routing live
+    by_id = {q.id: q for q in BANK}
+    for question_id in (
+        "scaling-expert-parallelism",
+        "scaling-all-to-all-cost",
+        "scaling-all-to-all-bytes",
+        "scaling-dispatch-implementations",
+        "scaling-straggler",
+        "scaling-useful-fraction",
+        "scaling-bug-per-expert-indexing",
+    ):
+        assert by_id[question_id].link.notebook == "07_gpu_and_scaling", question_id
+    from_07 = [q for q in BANK if q.link.notebook == "07_gpu_and_scaling"]
+    assert len(from_07) >= 15 and {q.kind for q in from_07} == {"recall", "numeric", "bug"}
 
 
 def test_the_heading_check_would_catch_a_wrong_section():

@@ -22,6 +22,7 @@ EXPECTED_REASON = {
     "dropped_passthrough": "your layer returns p·x for it",
     "aux_loss_on_topk": "no gradient to the logits of the experts a token did",
     "per_expert_indexing": "zero-filled gradients the full size of a stacked weight",
+    "per_rank_balancing_loss": "the mean of the ranks' own losses",
 }
 
 
@@ -95,6 +96,41 @@ def test_the_snippet_bugs_are_found_one_after_another():
     # softmax without renormalization (Switch / Qwen1.5 style) is a correct MoE layer too
     correct, message = check_answer("circulating_snippet", SWITCH_STYLE, 0)
     assert correct and "not renormalized" in message, message
+
+
+PER_RANK = BUGS["per_rank_balancing_loss"]
+
+
+def test_averaging_f_and_p_over_ranks_is_right_only_for_equal_ranks():
+    # the ranks' f and P averaged with equal weights: exact at equal sizes, not at 8, 24, 16, 12
+    code = """
+def balancing_loss(rank_probs, rank_indices):
+    E = rank_probs[0].shape[1]
+    f = torch.stack([torch.bincount(i.flatten(), minlength=E) / i.numel() for i in rank_indices])
+    P = torch.stack([p.mean(0) for p in rank_probs])
+    return E * (f.mean(0) * P.mean(0)).sum()
+"""
+    correct, message = check_answer("per_rank_balancing_loss", code, 0)
+    assert not correct and "4 ranks holding 8, 24, 16 and 12 tokens" in message
+    assert "averages f and P over the ranks with equal weights" in message
+
+
+def test_a_global_loss_without_gradient_is_rejected():
+    code = PER_RANK.fix.replace("probs.sum(dim=0) for probs", "probs.detach().sum(dim=0) for probs")
+    correct, message = check_answer("per_rank_balancing_loss", code, 1)
+    assert not correct and "carries no gradient to the router" in message
+
+
+def test_gathering_every_rank_s_tokens_is_also_right():
+    # concatenating the ranks' tensors (an all-gather) gives the same loss, at more traffic
+    code = """
+def balancing_loss(rank_probs, rank_indices):
+    probs, indices = torch.cat(rank_probs), torch.cat(rank_indices)
+    E = probs.shape[1]
+    f = torch.bincount(indices.flatten(), minlength=E) / indices.numel()
+    return E * (f * probs.mean(0)).sum()
+"""
+    assert check_answer("per_rank_balancing_loss", code, 0)[0]
 
 
 def test_a_batched_fix_of_the_indexing_bug_is_accepted():

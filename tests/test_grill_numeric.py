@@ -76,6 +76,46 @@ def moe_layer_by_hand(D, F, E, K, matrices, shared, m, active):
     return routed + shared * expert + D * E * m  # shared experts have the same width; router
 
 
+def ladder_flops_by_hand(backend, N, D, F, E, K, cf):
+    # 2 FLOPs per multiply-add: router on N tokens; three D x F expert matrices per expert row
+    router = 2 * N * D * E
+    if backend == "sorted":
+        return router + 2 * N * K * D * F * 3  # exactly the N*K routed rows
+    if backend == "masked":
+        return router + 2 * N * E * D * F * 3  # every expert on every token
+    C = capacity_by_hand(N, E, K, cf)  # GShard: E buffers of C rows, and two (N, E, C) einsums
+    return router + 2 * E * C * D * F * 3 + 2 * (2 * N * E * C * D)
+
+
+def host_syncs_by_hand(backend, E, L, validate):
+    # On CUDA: torch.where -> nonzero once per expert; the Python loop over sorted experts reads
+    # its offsets once (tolist); grouped_mm takes device offsets; masked and einsum have static
+    # shapes; the finiteness check is one bool() per layer.
+    per_layer = {"naive": E, "sorted": 1, "grouped": 0, "masked": 0, "einsum": 0}[backend]
+    return L * (per_layer + int(validate))
+
+
+def ep_rank_bytes_by_hand(W, E, D, per_value, rank, backward, choices):
+    # contiguous blocks: token n on rank n // (N/W), expert e on rank e // (E/W)
+    per_rank_tokens, per_rank_experts = len(choices) // W, E // W
+    rows = 0
+    for n, experts in enumerate(choices):
+        source = n // per_rank_tokens
+        for e in experts:
+            destination = e // per_rank_experts
+            if source != destination and rank in (source, destination):
+                rows += 1  # rank sends it in the dispatch (source) or in the combine (destination)
+    return rows * D * per_value * (2 if backward else 1)
+
+
+def groups_touched_by_hand(E, G, K):
+    # P(a group of E/G experts is missed) = prod_i (E - E/G - i) / (E - i), i < K
+    miss = 1.0
+    for i in range(K):
+        miss *= (E - E // G - i) / (E - i)
+    return G * (1 - miss)
+
+
 HAND = {
     "capacity": lambda p: capacity_by_hand(p["N"], p["E"], p["K"], p["cf"]),
     "dropped_tokens": lambda p: dropped_tokens_by_hand(
@@ -97,6 +137,20 @@ HAND = {
     "moe_layer_active": lambda p: moe_layer_by_hand(**p, active=True),
     "all_to_all": lambda p: 2 * p["N"] * p["K"] * p["D"] * (p["W"] - 1) / p["W"] * p["bytes"] / 1e6,
     "useful_fraction": lambda p: (sum(p["loads"]) / len(p["loads"])) / max(p["loads"]),
+    "ladder_flops": lambda p: ladder_flops_by_hand(**p) / 1e6,
+    "host_syncs": lambda p: host_syncs_by_hand(**p),
+    "ep_rank_bytes": lambda p: ep_rank_bytes_by_hand(
+        p["W"], p["E"], p["D"], p["bytes"], p["rank"], p["backward"], p["choices"]
+    ),
+    # replicated parts plus E/W experts per block: the Mixtral count with E/W experts (router E)
+    "ep_memory_per_device": lambda p: (
+        mixtral_total_by_hand(
+            **{k: v for k, v in p.items() if k not in ("W", "bytes")}, experts=p["E"] // p["W"]
+        )
+        * p["bytes"]
+        / 1e9
+    ),
+    "groups_touched": lambda p: groups_touched_by_hand(p["E"], p["G"], p["K"]),
 }
 
 

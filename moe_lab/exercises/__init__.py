@@ -16,6 +16,7 @@ One module per notebook, named after it (``notebooks/03_load_balancing.py`` ->
     load_balancing    03  check_expert_capacity, check_capacity_keep, check_switch_aux_loss
     train_tiny_moe    04  check_tiny_lm_parameters, check_training_flops_per_token
     compute_budgets   06  check_mixtral_parameters, check_experts_touched, check_all_to_all_bytes
+    gpu_and_scaling   07  check_expert_offsets, check_all_to_all_splits, check_group_limited_topk
 
 The cell pattern, the same in every notebook (Jupytext percent syntax; exercise ``x``):
 
@@ -45,7 +46,7 @@ The cell pattern, the same in every notebook (Jupytext percent syntax; exercise 
    reference solution; ``tests/test_exercises.py`` also runs each solution cell, taken from the
    notebook's source, through its checker, and every checker against known wrong versions.
 
-Adding exercises for a notebook (05 and 07 when they land):
+Adding exercises for a notebook (05 when it lands):
 
 1. Create ``moe_lab/exercises/<name>.py`` for ``notebooks/NN_<name>.py``, with
    ``NOTEBOOK = "NN_<name>"`` and one ``@exercise(NOTEBOOK, against="...")`` function per
@@ -60,12 +61,13 @@ Adding exercises for a notebook (05 and 07 when they land):
 4. In ``tests/test_exercises.py``, add the notebook to ``NOTEBOOK_MODULES`` and, for each new
    checker, at least one realistic wrong version and the words its message must contain.
 
-Taught in: the "Exercises" section at the end of notebooks 01, 02, 03, 04 and 06.
+Taught in: the "Exercises" section at the end of notebooks 01, 02, 03, 04, 06 and 07.
 """
 
 from moe_lab.exercises import (  # noqa: F401  (importing registers the checkers)
     compute_budgets,
     dense_ffn,
+    gpu_and_scaling,
     load_balancing,
     routing,
     train_tiny_moe,

@@ -9,7 +9,11 @@ Modules, one job each:
     question.py   Question, Link, Grade; topics, kinds, difficulties
     bank.py       the TOML files in questions/ (one per topic) -> validated Questions; select()
     numeric.py    seeded numeric cases, answered by moe_lab's own functions
+    numeric_scaling.py  notebook 07's numeric cases (dispatch ladder, host syncs, expert
+                  parallelism, group-limited routing), registered by numeric.py
     bugs.py       "spot the bug" checkers: the reader's code against the library, random inputs
+    bugs_scaling.py  notebook 07's checker (a balancing loss averaged over ranks), registered
+                  by bugs.py
     sandbox.py    runs the reader's code in its own namespace; exceptions become reasons
     grading.py    Instance, grade(), GrillSession: the one grading code both interfaces use
     widget.py     the Grill ipywidgets widget (imported on first use of ``Grill``)

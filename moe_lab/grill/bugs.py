@@ -623,3 +623,8 @@ def check_per_expert_indexing(forward: Any, seed: int) -> str:
         "right outputs and gradients, and no per-expert full-size gradient buffers"
         f" ({full_size} zero-filling slice operations on the stacked weights)"
     )
+
+
+# Notebook 07's checker (a balancing loss averaged over expert-parallel ranks) lives in its own
+# module; importing it here registers it with every import of this one.
+from moe_lab.grill import bugs_scaling  # noqa: E402, F401  (registers its checker)

@@ -668,8 +668,8 @@ def all_to_all(rng: random.Random) -> NumericCase:
             f" step routes N = {n_tokens:,} tokens (all ranks together) top-{top_k} through an"
             f" MoE layer of width D = {d_model}, activations in {dtype}. Under uniform routing,"
             " how many MB (10⁶ bytes) do the dispatch and the combine all-to-all move together"
-            " for this one layer, over all ranks (a copy that stays on its own rank moves"
-            " nothing)?"
+            " for this one layer in the forward pass, over all ranks (a copy that stays on its"
+            " own rank moves nothing)?"
         ),
         value=value,
         unit="MB",
@@ -678,7 +678,8 @@ def all_to_all(rng: random.Random) -> NumericCase:
             f"each of the N·K copies leaves its rank with probability (W − 1)/W; dispatch sends"
             f" D values per copy and combine sends them back: 2·N·K·D·(W − 1)/W·{per} bytes ="
             f" 2·{n_tokens:,}·{top_k}·{d_model}·{world - 1}/{world}·{per} = **{value:.4g} MB**,"
-            f" {moved['per_rank'] / 1e6:.4g} MB per rank, per MoE layer, per step."
+            f" {moved['per_rank'] / 1e6:.4g} MB per rank, per MoE layer and forward pass. The"
+            " backward's reverse all-to-alls move as much again in a training step."
         ),
         params={"N": n_tokens, "K": top_k, "D": d_model, "W": world, "bytes": per},
         rel_tol=0.005,
@@ -704,3 +705,9 @@ def useful_fraction(rng: random.Random) -> NumericCase:
         params={"loads": loads},
         abs_tol=0.005,
     )
+
+
+# Notebook 07's generators (the dispatch ladder, host syncs, expert parallelism, group-limited
+# routing) live in their own module; importing it here registers them with every import of this
+# one.
+from moe_lab.grill import numeric_scaling  # noqa: E402, F401  (registers its generators)
