@@ -11,6 +11,7 @@ One concept per module, each with its derivation and citations in its docstring:
     ablation.py         remove one expert at inference: the causal test, per label
     collapse.py         routing collapse, expert homogenization, representation collapse
     lab.py              the collapse lab's settings and the summaries of its runs
+    report.py           every measure on one checkpoint in one call (benchmarked)
 
 Taught in: notebooks/05_specialization.ipynb.
 """
@@ -44,6 +45,7 @@ from moe_lab.analysis.collapse import (
     routing_collapse,
 )
 from moe_lab.analysis.consecutive import ConsecutiveRates, consecutive_rates, uniform_rates
+from moe_lab.analysis.report import CheckpointAnalysis, analyse_checkpoint
 from moe_lab.analysis.saturation import saturation, saturation_curves, steps_to_reach
 from moe_lab.analysis.specialization import (
     BeyondToken,
@@ -60,6 +62,7 @@ __all__ = [
     "UNKNOWN",
     "AblationEffects",
     "BeyondToken",
+    "CheckpointAnalysis",
     "Coactivation",
     "ConsecutiveRates",
     "RepresentationCollapse",
@@ -68,6 +71,7 @@ __all__ = [
     "Specialization",
     "SpecializationReport",
     "ablation_effects",
+    "analyse_checkpoint",
     "beyond_token",
     "capture_routing",
     "capture_text",
