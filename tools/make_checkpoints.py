@@ -14,9 +14,9 @@ the end-state measures of the three collapses) to ``assets/collapse_lab/``; the 
 Nothing is overwritten unless ``--overwrite`` is given: without it, existing runs are kept, and
 asking for an existing one by name with ``--only`` is an error.
 
-Reproducibility: on the machine that made the files a rerun gives the same weights bit for bit.
-On another CPU the matrix kernels may add in another order; tests/test_assets.py states how far
-the weights may then drift.
+Reproducibility: on the machine that made the files a rerun gives the same weights bit for bit
+(each checkpoint records its CPU). On another CPU the matrix kernels may add in another order;
+tests/test_assets.py states how far the weights may then drift.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 import moe_lab
 from moe_lab import assets
 from moe_lab.analysis.lab import CHECKPOINTS, LAB_SEEDS, LAB_SETTINGS, end_state, training_summary
+from moe_lab.bench.common import cpu_name
 from moe_lab.train import Trainer, corpus_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,6 +124,7 @@ def make_run(out: Path, setting_name: str, seed: int, corpus_cache: dict) -> flo
                 k: getattr(train_config, k) for k in train_config.__dataclass_fields__
             },
             "made_by": "tools/make_checkpoints.py",
+            "machine": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads()},
         }
         assets.save_checkpoint(assets.checkpoint_path(checkpoint, out), trainer.model, meta)
     return history.val_loss[-1]
