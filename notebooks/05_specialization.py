@@ -41,7 +41,7 @@ import torch
 from IPython.display import Markdown, display
 
 import moe_lab
-from moe_lab.analysis import ablation_effects, analyse_checkpoint, saturation_curves
+from moe_lab.analysis import ablation_effects, analyse_checkpoint, moe_inputs, saturation_curves
 from moe_lab.analysis.consecutive import MIXTRAL_TABLE5
 from moe_lab.analysis.lab import CHECKPOINTS, LAB_SEEDS, LAB_SETTINGS, end_state
 from moe_lab.assets import load_checkpoint, load_lab_history, load_lab_summary
@@ -125,6 +125,9 @@ balanced_names = ["balanced", "balanced-seed1", "balanced-seed2"]
 # are competitive with" learned routing (Switch, BASE layers); here, with byte tokens and 320
 # steps, giving every byte its own expert beats learning where to send it. Section 8 checks it
 # over three seeds.
+
+# %%
+assert min(metas, key=lambda name: metas[name]["val_loss"]) == "hash"
 
 # %% [markdown]
 # ## 3. Look first: one sample per domain, coloured by expert
@@ -310,8 +313,8 @@ for seed in LAB_SEEDS:
 # *which* experts are chosen, never their weights) is -inf there, so each of its tokens goes to its
 # next choice with the router's own renormalized weights (`tests/test_analysis_ablation.py` checks
 # this against a hand computation). `ablation_effects` removes each expert of each block in turn and
-# splits the change in next-token loss by the labels of the routed token (seed 0, 4,096 validation
-# tokens: 25 forward passes).
+# splits the change in next-token loss by the labels of the routed token (seed 0, 64 windows
+# evenly spaced over the validation split, 4,096 tokens: 25 forward passes).
 
 # %%
 effects = ablation_effects(models["balanced"], corpus.val, corpus.domain_names, max_windows=64)
@@ -322,8 +325,11 @@ ablation_figure(effects, "domain").show()
 # Most removals hurt one character class and leave the others untouched. To compare the two labels
 # with one number per block: for each removed expert, the share of its extra loss (in nats, summed
 # over tokens) that falls on the single most-affected label value, averaged over the block's experts
-# weighted by their total damage. An expert whose damage spread over tokens in proportion to their
-# numbers would score the largest token share (printed below as "spread evenly").
+# weighted by their total damage. Damage spread over the tokens in proportion to their numbers
+# would score the largest token share ("even"), which differs between the labels (letters are a
+# larger share of the tokens than any domain), so the comparison uses the concentration beyond
+# it: `(concentration - even) / (1 - even)`, 0 for evenly spread damage, 1 for damage entirely on
+# one value.
 
 # %%
 def concentration(effects, label):
@@ -334,21 +340,25 @@ def concentration(effects, label):
     return (top_share * total).sum(-1) / total.sum(-1)
 
 
-by_class, by_domain = concentration(effects, "char_class"), concentration(effects, "domain")
+beyond_even = {}
 for key in ("char_class", "domain"):
     even = float(effects.counts[key].max() / effects.counts[key].sum())
-    values = concentration(effects, key)
-    print(f"{key:10s}: concentration per block {[round(v, 2) for v in values.tolist()]} (spread evenly: {even:.2f})")
+    raw = concentration(effects, key)
+    beyond_even[key] = (raw - even) / (1 - even)
+    print(f"{key:10s}: concentration per block {[round(v, 2) for v in raw.tolist()]}, even {even:.2f},"
+          f" beyond even {[round(v, 2) for v in beyond_even[key].tolist()]}")
 
 # %% [markdown]
-# **Claim** (seed 0 only: ablation costs 25 forward passes per seed): in every block the damage is
-# more concentrated on one character class than on one domain, although the largest domain holds
-# more of the tokens than the largest class (so the domain starts with the higher even-spread
-# share). Causally too, these experts are character-class specialists more than domain specialists.
+# **Claims** (seed 0 only: ablation costs 25 forward passes per seed): in every block the damage
+# concentrates more on one character class than on one domain, beyond what even spreading gives;
+# and the domain's concentration grows from the first block to the last. The causal picture
+# repeats the correlational one: experts are character-class specialists first, and the domain
+# matters more with depth.
 
 # %%
-assert bool((by_class > by_domain).all())
-assert effects.counts["domain"].max() / effects.counts["domain"].sum() > effects.counts["char_class"].max() / effects.counts["char_class"].sum()
+assert bool((beyond_even["char_class"] > beyond_even["domain"]).all())
+assert beyond_even["domain"][-1] > beyond_even["domain"][0]
+
 
 # %% [markdown]
 # ## 6. Neighbours, pairs and time: three more regularities
@@ -376,14 +386,32 @@ for label, analysis in [("balanced, seed 0", seed0), ("balanced, seed 0, untrain
 mixtral = ", ".join(f"layer {layer}: {lo}-{hi}%" for layer, (lo, hi) in MIXTRAL_TABLE5["first choice"].items())
 display(Markdown("\n".join(lines) + f"\n\nMixtral 8x7B, first choice, over eight Pile subsets (Table 5): {mixtral}."))
 
+
+def neighbour_similarity(model, windows):
+    # per MoE block: mean cosine similarity of the router inputs of tokens t and t+1
+    inputs = moe_inputs(model, windows)
+    result = {}
+    for block, h in inputs.items():
+        h = h.view(*windows.shape, -1)  # (W*T, D) -> (W, T, D)
+        result[block] = float(torch.nn.functional.cosine_similarity(h[:, 1:], h[:, :-1], dim=-1).mean())
+    return result
+
+
+probe = capture.tokens[: 64 * 64].view(64, 64)  # the first 64 validation windows
+similar = {"untrained": neighbour_similarity(untrained, probe), "trained": neighbour_similarity(models["balanced"], probe)}
+print("mean cosine similarity of neighbouring router inputs:",
+      {k: {b: round(v, 2) for b, v in d.items()} for k, d in similar.items()})
+
 # %% [markdown]
 # **Claims**: in every block of every balanced seed, neighbours repeat their first choice more than
 # 1.5 times as often as independent tokens with the same loads would; the hash model repeats at
 # chance (within 2 points of its expected rate: its only "locality" is that bytes repeat). And
-# the untrained model repeats *even more*: at initialization the attention output, a running
-# average over the prefix, dominates the residual stream, so neighbouring hidden states are nearly
-# equal. Locality, here, is mostly inherited from the architecture, not learned; training makes
-# the routing *less* sticky and more about the token. (Mixtral's layer-0 rates are close to chance;
+# the untrained model repeats *even more*, because its neighbouring router inputs are more alike
+# (the cosine similarities printed above, higher before training in every block): at
+# initialization the attention output, an average over the prefix with near-uniform weights, is
+# larger than the small token embeddings, so it dominates the residual stream and changes little
+# from one position to the next. Locality, here, is largely inherited from the architecture, not
+# learned; training makes the routing *less* sticky and more about the token. (Mixtral's layer-0 rates are close to chance;
 # its paper notes that hidden states at the first layer are strongly correlated with the input
 # embeddings, §5.)
 
@@ -395,6 +423,7 @@ for layer, r in hash_analysis.consecutive.items():
     assert abs(r.first_choice - r.first_choice_expected) < 0.02
 for layer, r in untrained_analysis.consecutive.items():
     assert r.first_choice > seed0.consecutive[layer].first_choice, layer
+    assert similar["untrained"][layer] > similar["trained"][layer], layer
 
 # %% [markdown]
 # ### Co-activation
@@ -410,7 +439,7 @@ coactivation_figure(list(seed0.coactivation.values())).show()
 for name in balanced_names:
     lifts = [(layer, c.max_off_diagonal(c.lift()), c.max_off_diagonal(c.conditional()))
              for layer, c in analyses[name].coactivation.items()]
-    print(f"{name}: largest lift per block", [(l, round(x, 2)) for l, x, _ in lifts],
+    print(f"{name}: largest lift per block", [(block, round(x, 2)) for block, x, _ in lifts],
           "| largest N(i,j)/N(i):", [round(y, 2) for *_, y in lifts])
 
 # %% [markdown]

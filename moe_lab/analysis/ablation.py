@@ -166,7 +166,7 @@ def ablation_effects(
         split: labelled tokens, e.g. ``corpus.val``.
         domain_names: the corpus's ``domain_names``.
         layers: the MoE blocks to ablate (default: all).
-        max_windows: evaluate the first this many windows of the split (None: all of it).
+        max_windows: evaluate this many windows, evenly spaced over the split (None: all).
         seq_len: window length (default: the model's ``max_seq_len``).
 
     Returns:
@@ -176,7 +176,11 @@ def ablation_effects(
     """
     seq_len = seq_len or model.config.max_seq_len
     layers = sorted(model.moe_layers) if layers is None else list(layers)
-    batch = batch_at(split, window_starts(split, seq_len, max_windows), seq_len)  # (W, T)
+    starts = window_starts(split, seq_len)  # (all windows,)
+    if max_windows is not None and max_windows < starts.numel():
+        # evenly spaced over the split, so every part (and domain) of it is represented
+        starts = starts[torch.linspace(0, starts.numel() - 1, max_windows).round().long()]
+    batch = batch_at(split, starts, seq_len)  # (W, T)
     labels = {"domain": batch.domain.reshape(-1), "char_class": batch.char_class.reshape(-1)}
     names = {"domain": tuple(domain_names), "char_class": CHAR_CLASSES}
     counts = {k: torch.bincount(v, minlength=len(names[k])) for k, v in labels.items()}
