@@ -542,8 +542,9 @@ for name, state in states.items():
                      f" | {m['effective_rank']:.1f} of 64 | {m['gate_share']:.0%} ({experts_of[name] / 64:.0%}) |")
 display(Markdown("\n".join(lines)))
 three_collapses_figure(averaged, experts_of, d_model=64).show()
-recorded = load_lab_summary("32-experts-none", 0)["end_state"]
-assert all(abs(recorded[b]["expert_cka"] - states["collapsed"][b]["expert_cka"]) < 1e-6 for b in recorded)
+recorded = load_lab_summary("32-experts-none", 0)["end_state"]  # measured when the asset was made
+assert all(abs(recorded[b][key] - states["collapsed"][b][key]) < 1e-4 * max(1.0, abs(recorded[b][key]))
+           for b in recorded for key in recorded[b])
 
 # %% [markdown]
 # **Claims** (checked here, and on the recorded end states of all three seeds of each setting in
@@ -555,7 +556,14 @@ assert all(abs(recorded[b]["expert_cka"] - states["collapsed"][b]["expert_cka"])
 #   failures. Training itself makes experts *less* alike: the untrained experts, fed the same
 #   inputs, are the most similar of all;
 # - learned routing narrows the representations the router reads: the effective rank of the router
-#   inputs is lower with a learned router than with hash routing, in every block.
+#   inputs is lower with a learned router than with hash routing, in every block;
+# - a learned router's inputs put more of their variance in the span of its gate rows than a random
+#   E-dimensional subspace would hold (E/D), in every block, while the hash model's untrained gate
+#   gets E/D to within 2 points. This fits Chi et al.'s picture, but alone it cannot tell
+#   representations pulled towards the router's subspace from a router that learned to look where
+#   the variance already was; the rank comparison with the hash control is the cleaner evidence.
+#
+# (The live measures of the collapsed model equal those recorded when its asset was made.)
 
 # %%
 for block in states["collapsed"]:
@@ -564,6 +572,9 @@ for block in states["collapsed"]:
     assert c["expert_cka"] < b["expert_cka"] + 0.05
     assert states["untrained"][block]["expert_cka"] > max(c["expert_cka"], b["expert_cka"], h["expert_cka"])
     assert b["effective_rank"] < h["effective_rank"] and c["effective_rank"] < h["effective_rank"]
+    for model_name, m in (("balanced", b), ("collapsed", c)):
+        assert m["gate_share"] > experts_of[model_name] / 64, (model_name, block)
+    assert abs(h["gate_share"] - experts_of["hash"] / 64) < 0.02
 
 # %% [markdown]
 # ## 8. The collapse lab: what makes a tiny MoE collapse?
