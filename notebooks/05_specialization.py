@@ -626,9 +626,13 @@ lab_curves(histories, layer=0).show()
 # 2. **More, smaller experts do collapse.** With 32 experts of width 32 (the same expert
 #    parameters) and no balancing, more than a quarter of block 0's experts are dead; Switch's loss
 #    at 0.01 keeps every expert of every block alive.
-# 3. **Too much balancing costs quality.** At weight 1 the router is pushed to uniform (entropy
-#    above 95% of log E in every block) and the validation loss is worse than at 0.01 by more than
-#    0.3: balance bought with the routing itself. Weight 0.1 already costs more than 0.05.
+# 3. **Too much balancing costs quality, and brings on the other two collapses.** At weight 1 the
+#    router is pushed to uniform (entropy above 95% of log E in every block) and the validation loss
+#    is worse than at 0.01 by more than 0.3: balance bought with the routing itself. Weight 0.1
+#    already costs more than 0.05. And with every expert now seeing much the same tokens, the last
+#    block's experts grow alike (mean CKA more than 0.15 above the 0.01 run's) and the router
+#    inputs have the lowest effective rank of all ten settings, in every block: the cure for
+#    routing collapse, overdosed, causes homogenization and representation collapse.
 # 4. **Noise alone is not balancing**: noisy top-k without a loss leaves MaxVio above the Switch
 #    loss's (notebook 03's myth, here on a language model). **Nor is the z-loss**: it keeps logits
 #    small, not loads even; with it alone MaxVio is above the Switch loss's too.
@@ -656,6 +660,12 @@ for seed in range(len(LAB_SEEDS)):
     assert all(layer["router_entropy"] > 0.95 * math.log(8) for layer in heavy["layers"].values())
     assert heavy["val_loss"] > aux["val_loss"] + 0.3
     assert training("aux 0.1", seed)["val_loss"] > aux["val_loss"] + 0.05
+    heavy_end, aux_end = summaries["aux 1"][seed]["end_state"], summaries["aux 0.01"][seed]["end_state"]
+    last = max(heavy_end)
+    assert heavy_end[last]["expert_cka"] > aux_end[last]["expert_cka"] + 0.15
+    for block in heavy_end:
+        lowest = min(LAB_SETTINGS, key=lambda n: summaries[n][seed]["end_state"][block]["effective_rank"])
+        assert lowest == "aux 1", (seed, block, lowest)
     assert training("noise only", seed)["layers"][0]["max_violation"] > aux_vio
     assert training("z-loss", seed)["layers"][0]["max_violation"] > aux_vio
     bias = training("loss-free bias", seed)
@@ -841,7 +851,8 @@ explorer.set_state(TextRoutingState.for_sample("code"))
 #
 # That is routing collapse (a load statistic: MaxVio, load entropy, dead experts). Whether the
 # experts compute the same function is a separate question: feed them the same inputs and compare
-# outputs (linear CKA). The collapsed checkpoint here has a third to a half of its experts dead
+# outputs (linear CKA). The two can even move in opposite directions: the collapse lab's heaviest
+# balancing (weight 1) removes routing collapse and makes the experts more alike. The collapsed checkpoint here has a third to a half of its experts dead
 # per block, and experts no more alike than the balanced model's. The cures differ too: balancing
 # for the first; for the second, experts that do not start as copies (upcycling starts them as
 # copies of one dense FFN) and training that gives them different tokens.
