@@ -24,9 +24,9 @@
 # - say what actually makes a tiny MoE collapse, with three seeds behind every claim;
 # - route any text through three trained checkpoints in the explorer.
 #
-# **Time**: about 75 minutes to read. The notebook runs in about a minute and a half on 2 CPU cores:
-# it analyses the trained checkpoints in `assets/` (made by `python tools/make_checkpoints.py`,
-# about 2 hours on one core) and trains one short run live.
+# **Time**: about 75 minutes to read. The notebook runs in about a minute on 2 CPU cores: it
+# analyses the trained checkpoints and recorded runs in `assets/` (made by
+# `python tools/make_checkpoints.py`: 30 training runs) and trains one short run live.
 #
 # Every checkable claim is checked by an `assert` in the next cell, and every number in the prose
 # is printed by the run. Shapes: `L` tokens, `E` experts, `K` experts per token, `D` model width.
