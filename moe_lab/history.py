@@ -23,6 +23,11 @@ class History:
     over tokens of -sum_e p_e log p_e, in nats; log E is uniform) and ``dropped_fraction``.
     Per evaluation: ``eval_step`` (0 = before training), ``val_loss``, ``val_loss_by_domain``,
     and ``eval_wall_time``/``eval_flops``/``eval_tokens`` (the training cost spent so far).
+    ``routing_snapshots`` (MoE block index -> one entry per evaluation) holds the top-K experts
+    (a list of K ids per token) of a fixed probe set of validation tokens, for router
+    saturation (``moe_lab.analysis.saturation``). Histories saved before this field existed
+    load with it empty; a run resumed from one records snapshots only for its later
+    evaluations, which are then the *last* ``len(snapshots)`` entries of ``eval_step``.
     """
 
     step: list[int] = field(default_factory=list)
@@ -44,8 +49,9 @@ class History:
     eval_wall_time: list[float] = field(default_factory=list)
     eval_flops: list[float] = field(default_factory=list)
     eval_tokens: list[int] = field(default_factory=list)
+    routing_snapshots: dict[int, list[list[list[int]]]] = field(default_factory=dict)
 
-    _LAYER_KEYED = ("tokens_per_expert", "router_entropy", "dropped_fraction")
+    _LAYER_KEYED = ("tokens_per_expert", "router_entropy", "dropped_fraction", "routing_snapshots")
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (layer keys become strings)."""
@@ -56,10 +62,12 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict) -> History:
-        data = dict(data)
+        """The inverse of ``to_dict``; a field missing from ``data`` (an older history) is empty."""
+        data = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for name in cls._LAYER_KEYED:
-            data[name] = {int(layer): values for layer, values in data[name].items()}
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+            if name in data:
+                data[name] = {int(layer): values for layer, values in data[name].items()}
+        return cls(**data)
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()) + "\n")

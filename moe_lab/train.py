@@ -8,7 +8,8 @@ One training step, in order:
 4. loss-free balancing: ``update_bias(tokens_per_expert)`` on every MoE layer (a no-op unless
    ``MoEConfig.bias_update_rate > 0``; DeepSeek-V3 updates the bias after each step);
 5. record the step in the ``History``: losses, per MoE layer the tokens per expert, router
-   entropy and dropped fraction, throughput and wall time; evaluate every ``eval_every`` steps.
+   entropy and dropped fraction, throughput and wall time; evaluate every ``eval_every`` steps
+   (validation loss, and the routing of a fixed probe set for router saturation).
 
 Everything a run depends on is in the checkpoint (model, optimizer, step, data generator and
 torch RNG states, History), so ``Trainer.load(dir).run()`` continues exactly as an
@@ -35,6 +36,9 @@ from moe_lab.model import TinyLM
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_FILE = "checkpoint.pt"
+# Router saturation's probe: this many evenly spaced validation windows (512 tokens at T=64),
+# the same at every evaluation (History.routing_snapshots).
+ROUTING_PROBE_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -340,6 +344,21 @@ class Trainer:
         h.eval_wall_time.append(h.wall_time[-1] if h.wall_time else 0.0)
         h.eval_flops.append(h.flops[-1] if h.flops else 0.0)
         h.eval_tokens.append(h.tokens[-1] if h.tokens else 0)
+        self._record_routing_snapshot()
+
+    @torch.no_grad()
+    def _record_routing_snapshot(self) -> None:
+        """Each MoE block's top-K experts for the fixed probe tokens (router saturation)."""
+        if not self.model.moe_layers:
+            return
+        probe = next(eval_batches(self.corpus.val, ROUTING_PROBE_WINDOWS, self.config.seq_len, 1))
+        was_training = self.model.training
+        self.model.eval()  # no noise, no dropout: routing as at inference, and no RNG drawn
+        out = self.model(probe.x.to(self.device))
+        self.model.train(was_training)
+        for index, moe_out in out.moe_outputs.items():
+            snapshots = self.history.routing_snapshots.setdefault(index, [])
+            snapshots.append(moe_out.routing.indices.tolist())  # (8*T, K)
 
     def _eval_due(self) -> bool:
         return self.step % self.config.eval_every == 0 or self.step == self.config.steps

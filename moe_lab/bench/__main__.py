@@ -1,4 +1,4 @@
-"""``python -m moe_lab.bench {layer,train} [options]``: benchmarks with side-by-side ratios.
+"""``python -m moe_lab.bench {layer,train,analysis} [options]``: benchmarks with side-by-side ratios.
 
 Each benchmark module exposes ``add_arguments(parser)`` and ``run(args) -> dict`` and writes a
 JSON result with the machine description under ``benchmarks/results/``.
@@ -13,6 +13,7 @@ import sys
 BENCHMARKS = {
     "layer": "moe_lab.bench.layer",
     "train": "moe_lab.bench.train",
+    "analysis": "moe_lab.bench.analysis",
 }
 
 
