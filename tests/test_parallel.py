@@ -28,7 +28,7 @@ from moe_lab.parallel.demos import (
     training_equality,
 )
 from moe_lab.parallel.group import NO_PROCESS_GROUP
-from moe_lab.train import TrainConfig, load_model
+from moe_lab.train import CHECKPOINT_FILE, TrainConfig, load_model
 
 pytestmark = pytest.mark.distributed
 
@@ -106,7 +106,16 @@ def results(tmp_path_factory) -> dict[int, list]:
         "16", "--eval-every", "2", "--device", "cpu", "--no-progress", "--text", str(text),
         "--out", str(folder / "cli"),
     ]  # fmt: skip
-    resume_args = ["train", "--expert-parallel", "2", "--resume", str(folder / "cli")]
+    # the first run finishes its 2 steps; resuming it with --steps 3 trains one more
+    resume_args = [
+        "train",
+        "--expert-parallel",
+        "2",
+        "--resume",
+        str(folder / "cli"),
+        "--steps",
+        "3",
+    ]
     two = [
         *layer_and_volume_tasks(),
         (error_messages,),
@@ -196,6 +205,8 @@ def test_cli_trains_and_resumes_under_expert_parallelism(results):
     first, resumed = results[2][3 + len(VOLUME_CONFIGS)], results[2][4 + len(VOLUME_CONFIGS)]
     assert first == [0, 0] and resumed == [0, 0]  # exit status of each rank
     model = load_model(Path(results["folder"]) / "cli")  # one file, every expert in it
+    checkpoint = torch.load(Path(results["folder"]) / "cli" / CHECKPOINT_FILE, weights_only=False)
+    assert checkpoint["step"] == 3 and checkpoint["history"]["step"] == [1, 2, 3]
     assert model.blocks[0].ffn.experts.w_up.shape[0] == model.config.moe.routed_experts
     assert torch.isfinite(model.token_embedding.weight).all()
 
