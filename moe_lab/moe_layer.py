@@ -140,25 +140,34 @@ class MoELayer(nn.Module):
         dispatched = dispatch_in_groups(
             self.dispatch, flat, routing, self.experts, capacity, self.config.drop_policy, groups
         )
-        y = dispatched.y  # (N, D)
-        if self.shared_experts is not None:
-            shared = self.shared_experts(flat)  # (N, D)
-            if self.shared_gate is not None:
-                shared = shared * torch.sigmoid(self.shared_gate(flat))  # (N, D) * (N, 1)
-            y = y + shared
+        y = self.add_shared_experts(flat, dispatched.y)  # (N, D)
         losses = self.balancing_losses(routing, batch_size)
-        weighted = [w * losses[name] for name, w in self.loss_weights().items() if w > 0]
-        aux_loss = (
-            sum(weighted[1:], start=weighted[0]) if weighted else torch.zeros((), device=y.device)
-        )
         return MoEOutput(
             y=y.view(x.shape),  # (N, D) -> x's shape
-            aux_loss=aux_loss,
+            aux_loss=self.weighted_aux_loss(losses, y.device),
             losses=losses,
             tokens_per_expert=routing.tokens_per_expert(),
             dropped=dispatched.dropped,
             routing=routing,
         )
+
+    def add_shared_experts(self, flat: torch.Tensor, routed: torch.Tensor) -> torch.Tensor:
+        """The routed experts' output (N, D) plus the shared experts' on the same tokens (gated
+        by a sigmoid for Qwen2-MoE); ``routed`` unchanged when the layer has none."""
+        if self.shared_experts is None:
+            return routed
+        shared = self.shared_experts(flat)  # (N, D)
+        if self.shared_gate is not None:
+            shared = shared * torch.sigmoid(self.shared_gate(flat))  # (N, D) * (N, 1)
+        return routed + shared
+
+    def weighted_aux_loss(self, losses: dict[str, torch.Tensor], device) -> torch.Tensor:
+        """``aux_loss``: the balancing losses times their weights, summed (a zero scalar when
+        every weight is 0; parts with weight 0 add no graph)."""
+        weighted = [w * losses[name] for name, w in self.loss_weights().items() if w > 0]
+        if not weighted:
+            return torch.zeros((), device=device)
+        return sum(weighted[1:], start=weighted[0])
 
     def loss_weights(self) -> dict[str, float]:
         """The weight of each balancing loss in ``aux_loss``."""

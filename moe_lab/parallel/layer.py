@@ -206,19 +206,11 @@ class ExpertParallelMoE(MoELayer):
             y, dropped, expert_rows = self._exchange_dropless(flat, routing, log)
         else:
             y, dropped, expert_rows = self._exchange_with_capacity(flat, routing, log)
-        if self.shared_experts is not None:
-            shared = self.shared_experts(flat)  # (N, D)
-            if self.shared_gate is not None:
-                shared = shared * torch.sigmoid(self.shared_gate(flat))  # (N, D) * (N, 1)
-            y = y + shared
+        y = self.add_shared_experts(flat, y)  # (N, D)
         losses, tokens_per_expert = self._global_statistics(routing, batch_size)
-        weighted = [w * losses[name] for name, w in self.loss_weights().items() if w > 0]
-        aux_loss = (
-            sum(weighted[1:], start=weighted[0]) if weighted else torch.zeros((), device=y.device)
-        )
         return ExpertParallelOutput(
             y=y.view(x.shape),  # (N, D) -> x's shape
-            aux_loss=aux_loss,
+            aux_loss=self.weighted_aux_loss(losses, y.device),
             losses=losses,
             tokens_per_expert=tokens_per_expert,
             dropped=dropped,
