@@ -4,6 +4,7 @@
     moe-lab train --resume runs/moe            # continue an interrupted run exactly
     moe-lab sample --checkpoint runs/moe --prompt "12+7="
     moe-lab presets
+    moe-lab site --out site/                   # the course as an offline HTML site
 
 Errors in the arguments (an unknown preset, a missing checkpoint or text file, an output folder
 that cannot be written) print one line naming the problem and exit with status 2, as argparse
@@ -22,6 +23,7 @@ import torch
 from moe_lab.data import ByteTokenizer
 from moe_lab.history import History
 from moe_lab.model import PRESETS, TinyLM, get_preset
+from moe_lab.site.cli import add_site_command, run_site_command
 from moe_lab.train import DEVICES, TrainConfig, Trainer, load_model
 
 
@@ -69,6 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="cpu", choices=DEVICES)
 
     commands.add_parser("presets", help="list the model presets with their parameter counts")
+    add_site_command(commands)
     return parser
 
 
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "sample":
             _sample(args)
+        elif args.command == "site":
+            return run_site_command(args)
         else:
             _presets()
     except BrokenPipeError:

@@ -48,7 +48,10 @@ PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
 # label 150 px + track + read-out about 60 px.
 CONTROL_MIN_WIDTH = "460px"
 CONTROL_DESCRIPTION_WIDTH = "150px"
-PLOT_CONFIG = {"responsive": True, "displaylogo": False}
+# No ``responsive: True``: with it, JupyterLab's plotly renderer drew the first figure of a
+# notebook into a 0 px high box (seen in JupyterLab 4.6, plotly 7.1). Without it the renderer
+# still resizes the figure with its output area.
+PLOT_CONFIG = {"displaylogo": False}
 
 
 def figure_bundle(figure: go.Figure) -> dict[str, Any]:
