@@ -62,7 +62,7 @@ print(f"python {platform.python_version()} | torch {torch.__version__} | plotly 
 # Our running example is a router with uneven preferences: the seeded toy gate of `moe_lab.viz.gate_weight` on our structured tokens, plus a skew (`skew=1.0`: expert 0 gets +1 logit, down to −1 for expert 7), on 1024 tokens, top-2 of 8.
 #
 # What that costs depends on where the experts run:
-# - **Expert parallelism** (experts on different devices, notebook 07): every device waits for the busiest one, so a layer takes as long as the *maximum* load. The useful fraction of the step is `mean load / max load`.
+# - **Expert parallelism** (experts on different devices, notebook 07, planned): every device waits for the busiest one, so a layer takes as long as the *maximum* load. The useful fraction of the step is `mean load / max load`.
 #   Wang et al. (2024) call the excess `MaxVio = (max load − mean load) / mean load`.
 # - **Fixed-shape buffers** (the GShard/Switch `capacity` dispatch): each expert's buffer must hold its largest load, so every expert computes `max load` rows; the FLOPs are `max/mean` times the useful ones, and the rest is padding.
 # - **A capacity limit** instead of a buffer that large: tokens are dropped (section 2).
@@ -506,7 +506,7 @@ assert final["auxiliary loss"] < 0.4 and final["loss-free bias"] < 0.4
 
 # %% [markdown]
 # Noise changes *which* tokens land where, step by step, but it has no feedback from the load, and the skew stays. The auxiliary loss and the bias both read the load and push against it.
-# What this toy cannot show is the *cost* of the auxiliary loss to the task at scale, which is why Wang et al. and DeepSeek-V3 moved to the bias; notebook 05 measures balancing and collapse on the course's language model.
+# What this toy cannot show is the *cost* of the auxiliary loss to the task at scale, which is why Wang et al. and DeepSeek-V3 moved to the bias; notebook 05 (planned) measures balancing and collapse on the course's language model.
 #
 # ## 9. The capacity explorer
 #

@@ -67,7 +67,7 @@ print(
 #
 # Documents of all four domains are shuffled together, so a training window often crosses a
 # document boundary and every batch mixes domains. Every character carries two labels, its domain
-# and its character class (letter, digit, whitespace, punctuation, newline); notebook 05 measures
+# and its character class (letter, digit, whitespace, punctuation, newline); notebook 05 (planned) measures
 # expert specialization against them. Train and validation splits are made of whole documents,
 # 10% of each domain held out. The tokenizer is byte-level: V = 256, one ASCII character is one
 # token, so the labels line up with tokens one to one.
@@ -180,7 +180,7 @@ print(f"{histories['tiny-moe'].tokens[-1]:,} training tokens each")
 # %% [markdown]
 # The MoE's `History` also recorded its routing at every step. With the load-balancing loss no
 # expert died: at the last step every expert of every block still received tokens. (What the
-# experts learned, measured against the corpus labels, is notebook 05's subject.)
+# experts learned, measured against the corpus labels, is the subject of notebook 05, planned.)
 
 # %%
 moe_history = histories["tiny-moe"]

@@ -29,6 +29,7 @@ from moe_lab.viz import (
     token_batch,
     update_in_place,
 )
+from moe_lab.viz.explorer import IGNORED_CLASS
 from moe_lab.viz.figures import UNROUTED_COLOR
 from moe_lab.viz.state import D_MODEL
 from moe_lab.viz.views import capacity_view, routing_view
@@ -435,6 +436,8 @@ def test_greyed_out_controls_are_exactly_those_that_change_nothing(fresh_routing
         changed = not np.array_equal(routing_view(probe).combine, routing_view(reference).combine)
         # a greyed-out control changes nothing; every other control changes the routing
         assert changed == (name not in IGNORED[router]), (router, name)
+    for name, control in explorer.controls.items():  # faded, not only disabled
+        assert (IGNORED_CLASS in control._dom_classes) == (name in IGNORED[router])
     for name in IGNORED[router]:
         assert explorer.controls[name].tooltip  # the reason, on hover
         assert explorer.controls[name].description in explorer.notes.value

@@ -119,24 +119,26 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
 
 
 def summarize(notebook: nbformat.NotebookNode, fallback: str) -> NotebookSummary:
-    """Title (the first ``# `` heading), outcomes (the bullets after "After this notebook you
-    can") and time (the "**Time**" line) from the notebook's first Markdown cell."""
+    """Title, outcomes and time, from the notebook's first Markdown cell.
+
+    Title: the first ``# `` heading. Outcomes: the bullets under "**After this notebook you
+    can**", or the rest of that paragraph when it is written as one sentence. Time: the
+    paragraph that starts with "**Time".
+    """
     markdown = next((c.source for c in notebook.cells if c.cell_type == "markdown"), "")
     lines = markdown.splitlines()
     title = next((line[2:].strip() for line in lines if line.startswith("# ")), fallback)
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", markdown) if p.strip()]
     outcomes: list[str] = []
-    in_outcomes = False
-    time_line = ""
-    for line in lines:
-        if "after this notebook you can" in line.lower():
-            in_outcomes = True
-        elif in_outcomes and line.startswith("- "):
-            outcomes.append(line[2:].strip())
-        elif in_outcomes and line.strip() and not line.startswith("- "):
-            in_outcomes = False
-        if line.startswith("**Time**"):
-            time_line = line.replace("**Time**:", "").replace("**Time**", "").strip()
-    return NotebookSummary(title=title, outcomes=tuple(outcomes), time=time_line)
+    time_text = ""
+    for paragraph in paragraphs:
+        if paragraph.startswith("**After this notebook you can**"):
+            rest = paragraph.removeprefix("**After this notebook you can**").strip()
+            bullets = [line[2:].strip() for line in rest.splitlines() if line.startswith("- ")]
+            outcomes = bullets or [" ".join(rest.split())]
+        elif paragraph.startswith("**Time"):
+            time_text = re.sub(r"^\*\*Time:?\*\*:?\s*", "", " ".join(paragraph.split()))
+    return NotebookSummary(title=title, outcomes=tuple(outcomes), time=time_text)
 
 
 def _nav(pages: list[Path], index: int | None) -> str:
@@ -182,10 +184,16 @@ def _write_assets(folder: Path, exporter: HTMLExporter) -> None:
     shutil.copy(STATIC / "site.css", assets / "site.css")
 
 
+def _inline_markdown(text: str) -> str:
+    """Markdown to HTML without the enclosing paragraph (for a table cell or a list item)."""
+    html = markdown2html_mistune(text).strip()
+    return html.removeprefix("<p>").removesuffix("</p>")
+
+
 def _index_html(rows: list[tuple[Path, NotebookSummary, ExecutedNotebook]]) -> str:
     body = []
     for path, summary, run in rows:
-        outcomes = "".join(f"<li>{markdown2html_mistune(o)}</li>" for o in summary.outcomes)
+        outcomes = "".join(f"<li>{_inline_markdown(o)}</li>" for o in summary.outcomes)
         status = (
             f'<span class="moe-failed">stopped at {escape(run.error)}</span>'
             if run.error
@@ -193,7 +201,7 @@ def _index_html(rows: list[tuple[Path, NotebookSummary, ExecutedNotebook]]) -> s
         )
         body.append(
             f'<tr><td><a href="{path.stem}.html">{escape(summary.title)}</a></td>'
-            f"<td><ul>{outcomes}</ul></td><td>{markdown2html_mistune(summary.time)}</td>"
+            f"<td><ul>{outcomes}</ul></td><td>{_inline_markdown(summary.time)}</td>"
             f"<td>{status}; {run.figures} figures, {run.explorers} explorers</td></tr>"
         )
     built = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -52,6 +52,9 @@ CONTROL_DESCRIPTION_WIDTH = "150px"
 # notebook into a 0 px high box (seen in JupyterLab 4.6, plotly 7.1). Without it the renderer
 # still resizes the figure with its output area.
 PLOT_CONFIG = {"displaylogo": False}
+IGNORED_CLASS = "moe-lab-ignored"
+# ipywidgets greys a disabled slider's handle only faintly: the whole control fades instead.
+IGNORED_STYLE = f"<style>.{IGNORED_CLASS} {{ opacity: 0.45; }}</style>"
 
 
 def figure_bundle(figure: go.Figure) -> dict[str, Any]:
@@ -100,6 +103,7 @@ class Explorer(Generic[StateT, ViewT]):
             control.layout.width = "auto"
             control.observe(self._observer(name), names="value")
         self.notes = widgets.HTML(layout={"min_height": "1.5em"})
+        style = widgets.HTML(IGNORED_STYLE, layout={"height": "0px", "overflow": "hidden"})
         self.output = widgets.Output(layout={"width": "100%"})
         self.widget = widgets.VBox(
             [
@@ -111,6 +115,7 @@ class Explorer(Generic[StateT, ViewT]):
                         "width": "100%",
                     },
                 ),
+                style,
                 self.notes,
                 self.output,
             ],
@@ -187,7 +192,11 @@ class Explorer(Generic[StateT, ViewT]):
         ignored = self.ignored_controls(state)
         for name, control in self.controls.items():
             control.disabled = name in ignored
-            control.tooltip = ignored.get(name)
+            control.tooltip = ignored.get(name, "")  # "" (not None, shown as "null"): no tooltip
+            if name in ignored:
+                control.add_class(IGNORED_CLASS)
+            else:
+                control.remove_class(IGNORED_CLASS)
         reasons: dict[str, list[str]] = {}
         for name, reason in ignored.items():
             if name in self.controls:
@@ -195,7 +204,7 @@ class Explorer(Generic[StateT, ViewT]):
         self.notes.value = (
             "<span style='color: var(--jp-ui-font-color2, #616161)'>Greyed out: "
             + "; ".join(
-                f"{escape(', '.join(names))} ({escape(reason)})"
+                f"{escape(', '.join(names))}, as {escape(reason)}"
                 for reason, names in reasons.items()
             )
             + "</span>"
