@@ -2,7 +2,7 @@
 
 Explorer tests drive the explorers the way a reader does (set a control's ``value``, which
 fires the same observer a slider fires, or call ``set_state``) and then read what the
-``FigureWidget``'s traces hold, checked against references computed here independently of the
+explorer's figure holds, checked against references computed here independently of the
 explorer: hand-written softmax top-k, the hash formula, and a plain Python capacity queue.
 """
 
@@ -72,11 +72,11 @@ def python_capacity_queue(
     return dropped
 
 
-def bars(figure: go.FigureWidget, trace: int) -> np.ndarray:
+def bars(figure: go.Figure, trace: int) -> np.ndarray:
     return np.asarray(figure.data[trace].y)
 
 
-def heatmap(figure: go.FigureWidget) -> np.ndarray:
+def heatmap(figure: go.Figure) -> np.ndarray:
     return np.asarray(figure.data[0].z, dtype=float)  # (E, N)
 
 
@@ -87,7 +87,7 @@ def routing_explorer() -> RoutingExplorer:
 
 @pytest.fixture
 def fresh_routing(routing_explorer: RoutingExplorer) -> RoutingExplorer:
-    """The shared explorer, reset to the default state (building a FigureWidget costs ~0.5 s)."""
+    """The shared explorer, reset to the default state (building an explorer costs ~0.5 s)."""
     routing_explorer.set_state(RoutingState())
     return routing_explorer
 
@@ -262,7 +262,7 @@ def test_history_replays_to_the_same_figure(fresh_routing) -> None:
 # ---------------------------------------------------------------------------------------------
 # Capacity explorer
 # ---------------------------------------------------------------------------------------------
-def marker_points(figure: go.FigureWidget, trace: int) -> set[tuple[int, int]]:
+def marker_points(figure: go.Figure, trace: int) -> set[tuple[int, int]]:
     return set(
         zip(
             np.asarray(figure.data[trace].x, dtype=int).tolist(),

@@ -87,6 +87,9 @@ def execute_notebook(
         kernel_name=kernel_name,
         resources={"metadata": {"path": str(path.parent)}},
         store_widget_state=False,
+        # the kernel's own log (not the notebook's outputs): errors only, so that its warning
+        # about unencrypted local TCP does not interrupt the progress bar for every notebook
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     result = ExecutedNotebook(notebook=notebook, seconds=0.0)
     start = time.perf_counter()

@@ -56,7 +56,7 @@ def figure_html(spec: dict[str, Any]) -> str:
         default_width="100%",
         default_height=f"{height}px",
         validate=False,
-    ).replace('<div class="plotly-graph-div"', '<div class="plotly-graph-div moe-figure"', 1)
+    ).replace('class="plotly-graph-div"', 'class="plotly-graph-div moe-figure"', 1)
 
 
 def output_html(output: dict[str, Any]) -> str | None:
