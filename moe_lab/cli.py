@@ -7,6 +7,7 @@
     moe-lab sample --checkpoint runs/moe --prompt "12+7="
     moe-lab presets
     moe-lab grill --topic balancing --n 10 --seed 1   # interview questions, graded
+    moe-lab site --out site/                   # the course as an offline HTML site
 
 Errors in the arguments (an unknown preset, a missing checkpoint or text file, an output folder
 that cannot be written or already holds a checkpoint) print one line naming the problem and exit
@@ -27,6 +28,7 @@ from moe_lab.data import ByteTokenizer
 from moe_lab.grill.question import DIFFICULTIES, TOPICS
 from moe_lab.history import History
 from moe_lab.model import PRESETS, TinyLM, get_preset
+from moe_lab.site.cli import add_site_command, run_site_command
 from moe_lab.train import CHECKPOINT_FILE, DEVICES, TrainConfig, Trainer, load_model, lr_at
 
 
@@ -93,6 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     grill.add_argument("--difficulty", choices=list(DIFFICULTIES), help="default: any")
     grill.add_argument("--n", type=_positive_int, default=10, help="questions (default 10)")
     grill.add_argument("--seed", type=int, default=0, help="question order and numbers")
+    add_site_command(commands)
     return parser
 
 
@@ -262,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             from moe_lab.grill.terminal import run as run_grill  # the grill's own module
 
             run_grill(args.topic, args.difficulty, args.n, args.seed)
+        elif args.command == "site":
+            return run_site_command(args)
         else:
             _presets()
     except KeyboardInterrupt:

@@ -103,6 +103,23 @@ def _library_path(openmp: bool) -> Path:
     return cache_dir() / key.hexdigest()[:16] / f"{LIBRARY_NAME}.so"
 
 
+def _in_jupyter_kernel() -> bool:
+    """True inside a Jupyter kernel (IPython's shell there has a ``kernel``)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _notice(message: str) -> None:
+    """Tell the reader what is happening: information, not a problem.
+
+    JupyterLab draws a kernel's stderr as a pink error box, so in a kernel the notice goes to
+    stdout; elsewhere it goes to stderr, which keeps stdout for what a program reads (the
+    benchmarks' results, ``moe-lab presets | ...``).
+    """
+    print(message, file=sys.stdout if _in_jupyter_kernel() else sys.stderr, flush=True)
+
+
 def _build(library: Path, openmp: bool) -> None:
     """Compile into a temporary file and rename it into place (readers never see half a file)."""
     compiler = os.environ.get("CXX", "c++")
@@ -113,11 +130,9 @@ def _build(library: Path, openmp: bool) -> None:
         partial = Path(handle.name)
     try:
         command = compile_command(compiler, SOURCE, partial, openmp)
-        print(
+        _notice(
             "moe_lab: compiling the C++ expert kernels for this machine, once"
-            " (about 15 s; cached in " + str(library.parent) + ")",
-            file=sys.stderr,
-            flush=True,
+            " (about 15 s; cached in " + str(library.parent) + ")"
         )
         start = time.perf_counter()
         result = subprocess.run(
@@ -127,7 +142,7 @@ def _build(library: Path, openmp: bool) -> None:
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])
             raise RuntimeError(f"{' '.join(command)}\nfailed with:\n{tail}")
         os.replace(partial, library)
-        print(f"moe_lab: built in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        _notice(f"moe_lab: built in {time.perf_counter() - start:.0f} s")
     finally:
         partial.unlink(missing_ok=True)
 

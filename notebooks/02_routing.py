@@ -638,13 +638,13 @@ print("sorted runs:", kernel_status())
 #
 # ## 10. The routing explorer
 #
-# Everything above, live. The explorer runs `moe_lab`'s own routers on the 32-token sentence: the heatmap shows each token's combine weight at each expert, the bars the load per expert and its coefficient of variation. Things to try:
-# - `top-k` 1 with `softmax_topk`: every column holds a single 1.0 (section 2); switch to `switch`: the same experts, weights below 1;
+# Everything above, live. The explorer runs `moe_lab`'s own routers on the 32-token sentence: the heatmap shows each token's combine weight at each expert (blue; grey where the token was not routed), the bars the load per expert and its coefficient of variation. The title gives the values the router really uses, and a control the chosen router ignores is greyed out, with the reason under the controls. Things to try, from the starting state (8 experts, top-2 `softmax_topk`):
+# - `top-k` 1 with `softmax_topk`: every column holds a single 1.0 (section 2); switch to `switch`: the same experts, weights below 1, and the top-k slider greys out (Switch is always top-1);
 # - `temperature` down to 0.1: most weights go to nearly 0 or 1; up to 10: top-2 weights approach 1/2 each, and the routing does not change (the top-k of z/T is the top-k of z);
 # - `noisy_topk` with noise 2: tokens jump experts, and the load is still uneven (section 4);
-# - `expert_choice`: every bar at C, and some columns empty (section 6);
+# - `expert_choice`: every bar at C (the title gives C and the k it comes from), and some columns all grey: tokens no expert took (section 6);
 # - `sigmoid_bias` and a bias of +0.3 on one expert: it fills up, and the other weights in the unchanged columns stay put (section 8);
-# - `hash`: the gate and temperature stop mattering; the same word always lands on the same expert.
+# - `hash`: the gate and temperature stop mattering (greyed out); the same word always lands on the same expert.
 
 # %%
 explorer = RoutingExplorer(RoutingState(n_experts=8, top_k=2))
@@ -653,6 +653,7 @@ explorer.widget
 # %% [markdown]
 # The explorer's state is a small dataclass: set it from code and the same callbacks a slider calls update the figure.
 # **Claims**: with temperature 10 instead of 1, every token goes to the same experts (only the weights flatten); with expert choice every bar equals C = ceil(1.0·32·2/8) = 8.
+# The cell ends with `explorer.reset()`, so after "Run All" the explorer above is back in the starting state the list above assumes.
 
 # %%
 explorer.set_state(RoutingState(temperature=1.0))
@@ -665,6 +666,8 @@ assert torch.equal(chosen_t1, chosen_t10)
 explorer.set_state(RoutingState(router="expert_choice", top_k=2, capacity_factor=1.0))
 print("expert choice load:", [int(v) for v in explorer.figure.data[1].y], "| state:", explorer.state)
 assert list(explorer.figure.data[1].y) == [8] * 8
+explorer.reset()  # back to the starting state
+assert explorer.state == RoutingState(n_experts=8, top_k=2)
 
 # %% [markdown]
 # ## Check yourself

@@ -575,7 +575,7 @@ assert final["auxiliary loss"] < 0.4 and final["loss-free bias"] < 0.4
 #
 # ## 9. The capacity explorer
 #
-# Everything in sections 2-4, live, on `moe_lab.MoELayer` with the capacity dispatch: the top panel shows each expert's kept and dropped assignments against its capacity C, the bottom panel every assignment by token position (red crosses were dropped). Things to try:
+# Everything in sections 2-4, live, on `moe_lab.MoELayer` with the capacity dispatch: the top panel shows each expert's kept and dropped assignments against its capacity C, the bottom panel every assignment by token position (red crosses were dropped), with one row for every expert, busy or idle. Things to try, from the starting state (capacity factor 1, top-2, skew 1, position priority):
 # - capacity factor 1.0 with skew 1: the crosses sit at the right end of the busy experts' rows (position priority: late tokens lose);
 # - switch the drop priority to `probability`: the crosses spread over the batch;
 # - raise the skew to 3: a few experts overflow while the rest idle below the line; it takes a capacity factor close to E/K to keep every token, and then most of every buffer is empty;
@@ -588,6 +588,7 @@ capacity_explorer.widget
 # %% [markdown]
 # The explorer's state is a dataclass, so code can drive it through the same callbacks as the sliders.
 # **Claims**: at cf = E/K = 4 nothing is dropped even at skew 4; back at cf = 1 with skew 4, the top panel's kept bars never exceed C, and the title's dropped fraction is the layer's own.
+# The cell ends with `capacity_explorer.reset()`, so after "Run All" the explorer above is back in the starting state the list above assumes.
 
 # %%
 capacity_explorer.set_state(CapacityState(capacity_factor=4.0, top_k=2, skew=4.0))
@@ -598,6 +599,8 @@ kept_bars = [int(v) for v in capacity_explorer.figure.data[0].y]
 print(f"C = {view.capacity}; kept {kept_bars}; dropped {view.dropped_fraction:.1%}")
 assert max(kept_bars) <= view.capacity
 assert f"dropped {view.output.dropped_fraction:.1%}" in capacity_explorer.figure.layout.title.text
+capacity_explorer.reset()  # back to the starting state
+assert capacity_explorer.state == CapacityState(capacity_factor=1.0, top_k=2, skew=1.0)
 
 # %% [markdown]
 # ## Check yourself

@@ -199,7 +199,7 @@ print(f"{histories['tiny-moe'].tokens[-1]:,} training tokens each")
 # %% [markdown]
 # The MoE's `History` also recorded its routing at every step. With the load-balancing loss no
 # expert died: at the last step every expert of every block still received tokens. (What the
-# experts learned, measured against the corpus labels, is notebook 05's subject.)
+# experts learned, measured against the corpus labels, is the subject of notebook 05.)
 
 # %%
 moe_history = histories["tiny-moe"]
@@ -439,6 +439,8 @@ assert final["tiny-moe"] < wide_at_moe_flops  # ... and on its 320-step curve
 # <details><summary>Answer</summary>Because "faster per FLOP" is only true where the hardware and
 # kernels make routing nearly free. On this CPU the MoE's extra wall-clock per step can eat its
 # advantage; measuring it keeps the claim honest.</details>
+#
+# **Next**: notebook 05 measures what the experts learned, against the corpus labels, and how routers collapse.
 
 # %% [markdown]
 # ## Exercises

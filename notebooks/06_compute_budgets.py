@@ -675,6 +675,8 @@ display(Markdown("\n".join(lines)))
 # al. 2022; notebook 04). Because the cost per token is: dispatch overhead relative to narrow
 # experts (section 9 measured it), the embedding and head that do not shrink, and small serving
 # batches that read most of the weights anyway.</details>
+#
+# **Next**: notebook 07 climbs the dispatch ladder, takes the layer to a GPU and spreads its experts over several processes.
 
 # %% [markdown]
 # ## Exercises

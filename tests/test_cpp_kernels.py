@@ -198,3 +198,41 @@ def test_unknown_engine_fails_loudly():
     routing = RoutingResult(indices, probs.gather(-1, indices), probs, logits)
     with pytest.raises(ValueError, match="engine='cuda' is unknown: choose 'auto' or 'python'"):
         dispatch_sorted(x, routing, experts, engine="cuda")
+
+
+def test_compile_notice_goes_to_stderr_outside_a_kernel(fresh_state, monkeypatch, capsys, tmp_path):
+    # a "compiler" that exists but fails: the notice prints before it runs, then the build fails
+    fake = tmp_path / "failing-cxx"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    with pytest.warns(RuntimeWarning, match="could not build"):
+        assert not cpp_kernels.load_kernels()
+    captured = capsys.readouterr()
+    assert "compiling the C++ expert kernels" in captured.err
+    assert "compiling" not in captured.out  # stdout stays clean for programs that read it
+
+
+@pytest.mark.slow
+def test_compile_notice_is_not_an_error_box_in_jupyter(monkeypatch, tmp_path):
+    # JupyterLab draws a kernel's stderr stream as a pink error box: in a real kernel the
+    # first-use notice must arrive on stdout. The failing "compiler" keeps the test fast.
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    fake = tmp_path / "failing-cxx"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv(cpp_kernels.CACHE_VARIABLE, str(tmp_path / "cache"))
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("from moe_lab.cpp_kernels import load_kernels\nload_kernels()")
+    ]
+    nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300).execute()
+    streams = [o for o in notebook.cells[0].outputs if o.output_type == "stream"]
+    stdout = "".join(o.text for o in streams if o.name == "stdout")
+    stderr = "".join(o.text for o in streams if o.name == "stderr")
+    assert "compiling the C++ expert kernels" in stdout
+    assert "compiling" not in stderr
+    assert "could not build the C++ kernels" in stderr  # the failure itself is a warning

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pyproject_pins() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + project["optional-dependencies"]["dev"]
+    requirements = project["dependencies"] + [
+        requirement for extra in project["optional-dependencies"].values() for requirement in extra
+    ]
     pins = {}
     for requirement in requirements:
         name, sep, version = requirement.partition("==")
@@ -56,9 +58,9 @@ def test_ci_runs_the_readme_commands():
 
 def test_default_run_excludes_gpu_and_includes_notebooks():
     ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert "-m 'not gpu'" in ini["addopts"] and "--nbval-lax" in ini["addopts"]
+    assert "-m 'not gpu and not browser'" in ini["addopts"] and "--nbval-lax" in ini["addopts"]
     assert "notebooks" in ini["testpaths"]
-    assert {m.split(":")[0] for m in ini["markers"]} == {"gpu", "slow", "distributed"}
+    assert {m.split(":")[0] for m in ini["markers"]} == {"gpu", "slow", "distributed", "browser"}
 
 
 def test_wheel_ships_the_cpp_kernel_source(tmp_path):

@@ -2,7 +2,7 @@
 
 Explorer tests drive the explorers the way a reader does (set a control's ``value``, which
 fires the same observer a slider fires, or call ``set_state``) and then read what the
-``FigureWidget``'s traces hold, checked against references computed here independently of the
+explorer's figure holds, checked against references computed here independently of the
 explorer: hand-written softmax top-k, the hash formula, and a plain Python capacity queue.
 """
 
@@ -29,6 +29,8 @@ from moe_lab.viz import (
     token_batch,
     update_in_place,
 )
+from moe_lab.viz.explorer import IGNORED_CLASS
+from moe_lab.viz.figures import UNROUTED_COLOR
 from moe_lab.viz.state import D_MODEL
 from moe_lab.viz.views import capacity_view, routing_view
 
@@ -70,11 +72,11 @@ def python_capacity_queue(
     return dropped
 
 
-def bars(figure: go.FigureWidget, trace: int) -> np.ndarray:
+def bars(figure: go.Figure, trace: int) -> np.ndarray:
     return np.asarray(figure.data[trace].y)
 
 
-def heatmap(figure: go.FigureWidget) -> np.ndarray:
+def heatmap(figure: go.Figure) -> np.ndarray:
     return np.asarray(figure.data[0].z, dtype=float)  # (E, N)
 
 
@@ -85,7 +87,7 @@ def routing_explorer() -> RoutingExplorer:
 
 @pytest.fixture
 def fresh_routing(routing_explorer: RoutingExplorer) -> RoutingExplorer:
-    """The shared explorer, reset to the default state (building a FigureWidget costs ~0.5 s)."""
+    """The shared explorer, reset to the default state (building an explorer costs ~0.5 s)."""
     routing_explorer.set_state(RoutingState())
     return routing_explorer
 
@@ -260,7 +262,7 @@ def test_history_replays_to_the_same_figure(fresh_routing) -> None:
 # ---------------------------------------------------------------------------------------------
 # Capacity explorer
 # ---------------------------------------------------------------------------------------------
-def marker_points(figure: go.FigureWidget, trace: int) -> set[tuple[int, int]]:
+def marker_points(figure: go.Figure, trace: int) -> set[tuple[int, int]]:
     return set(
         zip(
             np.asarray(figure.data[trace].x, dtype=int).tolist(),
@@ -380,3 +382,202 @@ def test_views_leave_the_global_rng_alone() -> None:
     routing_view(RoutingState(router="noisy_topk", noise=1.0))
     capacity_view(CapacityState())
     assert torch.equal(torch.rand(3), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Polish: what the reader sees (titles, colours, greyed-out controls, sizes, reset)
+# ---------------------------------------------------------------------------------------------
+ROUTERS = (
+    "softmax_topk",
+    "topk_softmax",
+    "noisy_topk",
+    "switch",
+    "expert_choice",
+    "hash",
+    "sigmoid_bias",
+)
+# Which fields each router ignores, from the routers' definitions in moe_lab/routers.py: switch
+# and hash are top-1; hash never computes logits; only noisy_topk adds noise; expert choice
+# and hash have no selection bias.
+IGNORED = {
+    "softmax_topk": {"noise"},
+    "topk_softmax": {"noise"},
+    "noisy_topk": set(),
+    "switch": {"top_k", "noise"},
+    "expert_choice": {"noise", "bias", "bias_expert"},
+    "hash": {"top_k", "temperature", "noise", "bias", "bias_expert"},
+    "sigmoid_bias": {"noise"},
+}
+# One change per field that a router using the field must notice (from the default state).
+PROBES = {"top_k": 3, "temperature": 0.3, "noise": 2.0, "bias": 1.0, "bias_expert": 5}
+
+
+def shown_figure(explorer) -> dict:
+    """The figure the reader sees: the plotly JSON in the explorer's output."""
+    (output,) = explorer.output.outputs
+    return output["data"]["application/vnd.plotly.v1+json"]
+
+
+def title_lines(title: str) -> list[str]:
+    return title.split("<br>")
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_greyed_out_controls_are_exactly_those_that_change_nothing(fresh_routing, router) -> None:
+    explorer = fresh_routing
+    explorer.controls["router"].value = router
+    disabled = {name for name, control in explorer.controls.items() if control.disabled}
+    assert disabled == IGNORED[router]
+    base = RoutingState(router=router)
+    for name, value in PROBES.items():
+        probe, reference = base.replace(**{name: value}), base
+        if name == "bias_expert":  # which expert holds the bias matters only with a bias
+            probe, reference = probe.replace(bias=1.0), base.replace(bias=1.0)
+        changed = not np.array_equal(routing_view(probe).combine, routing_view(reference).combine)
+        # a greyed-out control changes nothing; every other control changes the routing
+        assert changed == (name not in IGNORED[router]), (router, name)
+    for name, control in explorer.controls.items():  # faded, not only disabled
+        assert (IGNORED_CLASS in control._dom_classes) == (name in IGNORED[router])
+    for name in IGNORED[router]:
+        assert explorer.controls[name].tooltip  # the reason, on hover
+        assert explorer.controls[name].description in explorer.notes.value
+    if not IGNORED[router]:
+        assert explorer.notes.value == ""
+
+
+def test_title_shows_the_values_the_router_uses(fresh_routing) -> None:
+    explorer = fresh_routing
+    explorer.set_state(RoutingState(router="expert_choice", top_k=2, capacity_factor=1.0))
+    title = explorer.figure.layout.title.text
+    capacity = math.ceil(1.0 * 32 * 2 / 8)  # C = ceil(cf N k / E) = 8, not "k=8"
+    assert f"each expert takes C={capacity} of 32 tokens" in title and "k=2" in title
+    assert "k=8" not in title
+    explorer.set_state(RoutingState(router="expert_choice", top_k=3, n_experts=16))
+    assert f"C={math.ceil(32 * 3 / 16)} of 32" in explorer.figure.layout.title.text
+    for router in ("switch", "hash"):
+        explorer.set_state(RoutingState(router=router, top_k=3))
+        title = explorer.figure.layout.title.text
+        assert "k=1" in title and "k=3" not in title, title
+    assert "temperature=" not in explorer.figure.layout.title.text  # hash: no gate
+    explorer.set_state(RoutingState(router="noisy_topk", noise=1.5, bias=0.25, bias_expert=2))
+    title = explorer.figure.layout.title.text
+    assert "noise std=1.5" in title and "selection bias +0.25 on expert 2" in title
+
+
+def test_unrouted_cells_have_a_colour_of_their_own(fresh_routing) -> None:
+    explorer = fresh_routing
+    # expert choice at temperature 10: routed weights are small (about 1/8), yet routed
+    explorer.set_state(RoutingState(router="expert_choice", temperature=10.0))
+    z = heatmap(explorer.figure)
+    routed = explorer.view.routed
+    assert 0 < z[routed].min() < 0.2
+    overlay = explorer.figure.data[3]
+    overlay_z = np.asarray(overlay.z, dtype=float)
+    # the overlay is transparent (NaN) exactly where a token was routed, grey elsewhere
+    np.testing.assert_array_equal(np.isnan(overlay_z), routed)
+    assert {c for _, c in overlay.colorscale} == {UNROUTED_COLOR}
+    # ... and the weights' lowest colour is not that grey
+    assert explorer.figure.data[0].colorscale[0][1] != UNROUTED_COLOR
+    # routed = the pairs the library chose, from the hand-written reference for top-k
+    explorer.set_state(RoutingState(top_k=2))
+    indices, _ = hand_softmax_topk(explorer.state)
+    expected = np.zeros((8, 32), dtype=bool)
+    expected[indices.T.numpy(), np.arange(32)[None, :].repeat(2, 0)] = True
+    np.testing.assert_array_equal(explorer.view.routed, expected)
+    np.testing.assert_array_equal(
+        np.isnan(np.asarray(explorer.figure.data[3].z, dtype=float)), expected
+    )
+
+
+def test_token_labels_are_separated(fresh_routing) -> None:
+    figure = fresh_routing.figure
+    xaxis = figure.layout.xaxis
+    assert list(xaxis.ticktext) == list(token_batch(32, D_MODEL, seed=0).words)
+    assert xaxis.tickangle is None  # not forced horizontal: plotly slants labels that collide
+    assert list(xaxis.autotickangles) == [0, -45, -90]
+    assert figure.data[0].xgap >= 1  # a gap between the columns, too
+
+
+@pytest.mark.parametrize(
+    "state",
+    [RoutingState(router=r, top_k=3, noise=1.0, bias=0.5) for r in ROUTERS]
+    + [RoutingState(router="expert_choice", n_experts=16, top_k=16, capacity_factor=8.0)],
+    ids=lambda s: s.router,
+)
+def test_routing_titles_stay_whole_and_figures_fill_their_container(state) -> None:
+    from moe_lab.viz.figures import TITLE_LINE_CHARS, TITLE_LINE_PX, routing_figure
+
+    figure = routing_figure(routing_view(state))
+    lines = title_lines(figure.layout.title.text)
+    assert all(len(line) <= TITLE_LINE_CHARS for line in lines), lines
+    assert figure.layout.margin.t >= TITLE_LINE_PX * len(lines) + 50
+    assert figure.layout.width is None and figure.layout.autosize is not False
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        CapacityState(),
+        CapacityState(
+            capacity_factor=0.25, top_k=8, skew=4.0, drop_policy="probability", n_tokens=1000
+        ),
+    ],
+)
+def test_capacity_titles_stay_whole(state) -> None:
+    from moe_lab.viz.figures import TITLE_LINE_CHARS, capacity_figure
+
+    figure = capacity_figure(capacity_view(state))
+    assert all(len(line) <= TITLE_LINE_CHARS for line in title_lines(figure.layout.title.text))
+    assert figure.layout.width is None
+
+
+def test_capacity_lower_panel_keeps_every_expert(capacity_explorer) -> None:
+    explorer = capacity_explorer
+    explorer.set_state(CapacityState(top_k=1, skew=4.0, capacity_factor=8.0))
+    experts_with_markers = set(np.asarray(explorer.figure.data[3].y, dtype=int).tolist())
+    idle = set(range(8)) - experts_with_markers
+    assert idle  # the strong skew leaves some expert without a single assignment ...
+    yaxis2 = explorer.figure.layout.yaxis2
+    assert list(yaxis2.tickvals) == list(range(8))  # ... and it keeps its row
+    assert sorted(yaxis2.range) == [-0.5, 7.5] and yaxis2.range[0] > yaxis2.range[1]  # reversed
+    assert list(explorer.figure.layout.xaxis.tickvals) == list(range(8))  # as the upper panel
+
+
+def test_reset_returns_to_the_starting_state(capacity_explorer) -> None:
+    explorer = CapacityExplorer(CapacityState(skew=2.0))
+    first_title = explorer.figure.layout.title.text
+    explorer.controls["capacity_factor"].value = 3.0
+    explorer.set_state(CapacityState(top_k=4))
+    assert explorer.figure.layout.title.text != first_title
+    explorer.reset()
+    assert explorer.state == CapacityState(skew=2.0)
+    assert explorer.controls["capacity_factor"].value == 1.0
+    assert explorer.figure.layout.title.text == first_title
+    assert shown_figure(explorer)["layout"]["title"]["text"] == first_title
+
+
+def test_the_shown_figure_follows_every_change(fresh_routing) -> None:
+    explorer = fresh_routing
+    explorer.controls["router"].value = "hash"
+    shown = shown_figure(explorer)
+    assert shown["layout"]["title"]["text"] == explorer.figure.layout.title.text
+    assert "width" not in shown["layout"]  # sized by its output area
+    assert "responsive" not in shown["config"]  # see PLOT_CONFIG: it collapsed JupyterLab's plot
+
+
+def test_controls_are_wide_enough_to_drag_one_step_at_a_time(
+    fresh_routing, capacity_explorer
+) -> None:
+    from moe_lab.viz.explorer import CONTROL_DESCRIPTION_WIDTH, CONTROL_MIN_WIDTH
+
+    readout_px = 60  # ipywidgets' slider read-out, measured in the browser tests
+    track_px = int(CONTROL_MIN_WIDTH[:-2]) - int(CONTROL_DESCRIPTION_WIDTH[:-2]) - readout_px
+    for explorer in (fresh_routing, capacity_explorer):
+        grid = explorer.widget.children[0]
+        assert f"minmax({CONTROL_MIN_WIDTH}, 1fr)" in grid.layout.grid_template_columns
+        for control in explorer.controls.values():
+            assert control.style.description_width == CONTROL_DESCRIPTION_WIDTH
+            assert control.layout.width == "auto"  # fills its grid cell
+            if hasattr(control, "step"):
+                n_steps = round((control.max - control.min) / control.step)
+                assert track_px / n_steps >= 6, (control.description, n_steps)

@@ -5,7 +5,7 @@ Three layers, one job each:
     state.py     RoutingState, CapacityState: frozen dataclasses, settable from code, replayable
     views.py     state -> the numbers to draw, computed by moe_lab's routers and layers
     figures.py   pure plotly builders: data in, ``go.Figure`` out
-    explorer.py  the shared widget machinery: controls -> state -> view -> FigureWidget in place
+    explorer.py  the shared widget machinery: controls -> state -> view -> figure, shown in place
     routing_explorer.py, capacity_explorer.py   the two explorers (thin)
     toy.py       seeded token batches with visible structure, skewed gates, load CV
 

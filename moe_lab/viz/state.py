@@ -78,6 +78,23 @@ class RoutingState:
         """The K the router really uses: 1 for switch and hash, else ``top_k``."""
         return 1 if self.router in TOP1_ROUTERS else self.top_k
 
+    def ignored_fields(self) -> dict[str, str]:
+        """The fields this state's router does not use, each with the reason (for a reader).
+
+        The explorer greys out their controls: moving them would change nothing.
+        """
+        ignored: dict[str, str] = {}
+        if self.router in TOP1_ROUTERS:
+            ignored["top_k"] = f"{self.router} sends every token to exactly one expert"
+        if self.router == "hash":
+            ignored["temperature"] = "hash routing does not use the gate's logits"
+        if self.router != "noisy_topk":
+            ignored["noise"] = "only noisy_topk adds noise"
+        if self.router in ("expert_choice", "hash"):
+            reason = f"{self.router} has no selection bias"
+            ignored["bias"] = ignored["bias_expert"] = reason
+        return ignored
+
     def config(self) -> MoEConfig:
         """The ``MoEConfig`` of the router this state shows."""
         return MoEConfig(

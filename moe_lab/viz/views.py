@@ -61,6 +61,8 @@ class RoutingView:
         words: the N words; kinds (N,) their kind index.
         indices, weights, mask: (N, K) the router's choices, combine weights, real slots.
         combine: (E, N) combine weight of token n at expert e (0 where not chosen).
+        routed: (E, N) bool, token n was routed to expert e (a routed weight can be ~0: this,
+            not ``combine > 0``, says where a token went).
         load: (E,) assignments per expert (``RoutingResult.tokens_per_expert``).
         cv: coefficient of variation of ``load``.
         capacity: C of expert choice, else None.
@@ -74,6 +76,7 @@ class RoutingView:
     weights: np.ndarray
     mask: np.ndarray
     combine: np.ndarray
+    routed: np.ndarray
     load: np.ndarray
     cv: float
     capacity: int | None
@@ -100,6 +103,8 @@ def routing_view(state: RoutingState) -> RoutingView:
     mask = routing.valid_mask()  # (N, K)
     combine = torch.zeros(n_tokens, n_experts)
     combine.scatter_add_(1, routing.indices, routing.weights.float() * mask)  # (N, E)
+    routed = torch.zeros(n_tokens, n_experts, dtype=torch.bool)
+    routed.scatter_(1, routing.indices, mask)  # (N, E); padded slots (mask False) stay False
     load = routing.tokens_per_expert()  # (E,)
     capacity = None
     if state.router == "expert_choice":
@@ -112,6 +117,7 @@ def routing_view(state: RoutingState) -> RoutingView:
         weights=routing.weights.float().numpy(),
         mask=mask.numpy(),
         combine=combine.t().numpy(),  # (N, E) -> (E, N)
+        routed=routed.t().numpy(),  # (N, E) -> (E, N)
         load=load.numpy(),
         cv=load_cv(load),
         capacity=capacity,
