@@ -886,3 +886,128 @@ explorer.set_state(TextRoutingState.for_sample("code"))
 # </details>
 #
 # **Next**: notebook 06 counts what all those experts cost in parameters, FLOPs and memory.
+
+# %% [markdown]
+# ## Exercises
+#
+# Implement it yourself, then let the library grade it. Each exercise comes in three cells:
+#
+# - **the exercise cell** holds a function `my_...` whose body is `raise NotImplementedError`: replace that line with your code and run the cell;
+# - **the hidden solution** (collapsed; tagged `solution`) defines a reference implementation named `..._solution`. Expand it when you are stuck or done; it has its own name, so it never overwrites yours;
+# - **the check cell**, `check_...(my_..., reference=..._solution)`, runs your function on seeded random cases against `moe_lab.analysis`'s own implementation and says exactly what differs: the value at a named case, and the mistake when your output is exactly what a common one gives. Until you have written yours, it checks the hidden solution instead and says so. That is what CI runs, so every checker and every solution is tested each time this notebook runs.
+#
+# The checkers live in `moe_lab.exercises`; the next cell is all the exercises need, so you can start here without running the cells above.
+
+# %%
+import torch
+
+from moe_lab.exercises.specialization import (
+    check_linear_cka,
+    check_normalized_mutual_information,
+    check_router_saturation,
+    check_routing_collapse,
+)
+
+
+# %% [markdown]
+# ### Exercise 1: how much a label explains the routing
+#
+# Section 4's score, from scratch. Write `my_normalized_mutual_information(expert, label, n_experts, n_labels)`: `expert` (L,) holds each token's first-choice expert, `label` (L,) its label (a domain, a character class). Build the (E, C) table of counts, then return, as a float, `NMI = 2·I(X; Y) / (H(X) + H(Y))` with `I = H(X) + H(Y) − H(X, Y)`: entropies of the row sums, the column sums and the cells, with 0·log 0 = 0, and 0 when `H(X) + H(Y) = 0`.
+# The check compares with `normalized_mutual_information(contingency_table(...))` on a router that follows the label for most tokens, one that copies it (1), one that splits every label over two experts, a dead expert, a router independent of the label, and a single expert on a single label (0).
+
+# %%
+def my_normalized_mutual_information(expert, label, n_experts, n_labels):
+    # expert (L,) long in [0, E), label (L,) long in [0, C) -> NMI, a float
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def normalized_mutual_information_solution(expert, label, n_experts, n_labels):
+    counts = torch.bincount(expert * n_labels + label, minlength=n_experts * n_labels)  # (E*C,)
+    p = counts.view(n_experts, n_labels).double() / expert.numel()  # (E, C) joint distribution
+    # torch.special.entr(p) = -p log p, and 0 where p = 0 (empty cells are the rule, not the exception)
+    h_expert = torch.special.entr(p.sum(dim=1)).sum()  # H(X), from the row sums
+    h_label = torch.special.entr(p.sum(dim=0)).sum()  # H(Y), from the column sums
+    h_joint = torch.special.entr(p).sum()  # H(X, Y)
+    total = h_expert + h_label
+    if total == 0:
+        return 0.0  # one expert, one label: nothing to explain
+    return float(2 * (h_expert + h_label - h_joint) / total)
+
+
+# %%
+check_normalized_mutual_information(my_normalized_mutual_information, reference=normalized_mutual_information_solution)
+
+
+# %% [markdown]
+# ### Exercise 2: router saturation
+#
+# Section 6's saturation curve, from the snapshots the Trainer records. Write `my_router_saturation(snapshots)`: `snapshots` (S, N, K) holds the top-K experts of the same N probe tokens at S evaluations, oldest first. Return S values (a list or an (S,) tensor): at snapshot s, the share of the final top-K choices already made, `(1/N) Σᵢ |Sᵢ(s) ∩ Sᵢ(last)| / K`. A top-K list is a set here: its order does not matter. The last value is 1.
+# The check compares with `moe_lab.analysis.saturation` on snapshots that drift and reorder the same experts, a router that never changes, top-1, top-4 of 16, and a single snapshot.
+
+# %%
+def my_router_saturation(snapshots):
+    # snapshots (S, N, K) long -> S saturation values, the last one 1
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def router_saturation_solution(snapshots):
+    final = snapshots[-1]  # (N, K): each probe token's final top-K
+    # for each expert chosen at snapshot s: is it among the token's final K? (sets, not positions)
+    kept = (snapshots[:, :, :, None] == final[None, :, None, :]).any(dim=-1)  # (S, N, K)
+    return kept.double().mean(dim=(1, 2))  # (S,): |S(s) ∩ S(last)| / K, averaged over tokens
+
+
+# %%
+check_router_saturation(my_router_saturation, reference=router_saturation_solution)
+
+
+# %% [markdown]
+# ### Exercise 3: routing collapse from a load vector
+#
+# The two numbers section 7 and the collapse lab read from every block's load. Write `my_routing_collapse(load)`: `load` (E,) holds the assignments per expert (counts, or shares). Return `(max_violation, dead)`: MaxVio = (max − mean) / mean (Wang et al. 2024) as a float, and the number of dead experts, those with a load under 1% of the mean load, as an int.
+# The check compares with `moe_lab.balancing.max_violation` and `moe_lab.analysis.dead_experts` on mildly uneven loads, one hot expert, balanced loads, a collapse onto one expert, experts starved to 0.5% of the mean (dead, though not zero) and to 1.5% (alive), shares instead of counts, and 32 experts.
+
+# %%
+def my_routing_collapse(load):
+    # load (E,) assignments per expert -> (max_violation: float, dead: int)
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def routing_collapse_solution(load):
+    load = load.double()
+    mean = load.mean()
+    max_violation = float((load.max() - mean) / mean)  # 0 when balanced
+    dead = int((load < 0.01 * mean).sum())  # under 1% of the mean load, not only the zeros
+    return max_violation, dead
+
+
+# %%
+check_routing_collapse(my_routing_collapse, reference=routing_collapse_solution)
+
+
+# %% [markdown]
+# ### Exercise 4: linear CKA, how alike two experts are
+#
+# Section 7's homogenization measure. Write `my_linear_cka(x, y)`: `x` (N, p) and `y` (N, q) are two experts' outputs on the same N inputs. Centre every column over the N inputs, then return, as a float, `CKA = ||Yᵀ X||²_F / (||Xᵀ X||_F · ||Yᵀ Y||_F)` (Kornblith et al. 2019): 1 for identical outputs, and for outputs equal up to a rotation and a scale.
+# The check compares with `moe_lab.analysis.linear_cka` on a noisy linear map, identical, rotated-and-scaled and shifted outputs (all 1), independent outputs, and outputs of different widths.
+
+# %%
+def my_linear_cka(x, y):
+    # x (N, p), y (N, q): two representations of the same N inputs -> CKA, a float
+    raise NotImplementedError  # replace this line with your code
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def linear_cka_solution(x, y):
+    x = x.double() - x.double().mean(dim=0)  # (N, p): centre each column over the inputs
+    y = y.double() - y.double().mean(dim=0)  # (N, q)
+    cross = torch.linalg.matrix_norm(y.T @ x) ** 2  # ||Yᵀ X||²_F: (q, p)
+    norms = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(cross / norms)
+
+
+# %%
+check_linear_cka(my_linear_cka, reference=linear_cka_solution)

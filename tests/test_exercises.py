@@ -31,6 +31,7 @@ NOTEBOOK_MODULES = {
     "02_routing": "routing",
     "03_load_balancing": "load_balancing",
     "04_train_tiny_moe": "train_tiny_moe",
+    "05_specialization": "specialization",
     "06_compute_budgets": "compute_budgets",
     "07_gpu_and_scaling": "gpu_and_scaling",
 }
@@ -713,6 +714,126 @@ def limited_ignored(scores, top_k, n_group, topk_group, method):
     return scores.topk(top_k, dim=-1).indices
 
 
+# 05: normalized mutual information, router saturation, routing collapse, linear CKA
+
+
+def _nmi_parts(expert, label, n_experts, n_labels):
+    counts = torch.bincount(expert * n_labels + label, minlength=n_experts * n_labels)
+    p = counts.view(n_experts, n_labels).double() / expert.numel()  # (E, C)
+    h_x = torch.special.entr(p.sum(1)).sum()
+    h_y = torch.special.entr(p.sum(0)).sum()
+    return p, h_x, h_y, torch.special.entr(p).sum()
+
+
+def nmi_nan_on_empty_cells(expert, label, n_experts, n_labels):  # -(p * log p) with p = 0
+    p, *_ = _nmi_parts(expert, label, n_experts, n_labels)
+
+    def entropy(q):
+        return -(q * q.log()).sum()
+
+    h_x, h_y, h_xy = entropy(p.sum(1)), entropy(p.sum(0)), entropy(p)
+    return float(2 * (h_x + h_y - h_xy) / (h_x + h_y))
+
+
+def nmi_unnormalized(expert, label, n_experts, n_labels):
+    _, h_x, h_y, h_xy = _nmi_parts(expert, label, n_experts, n_labels)
+    return float(h_x + h_y - h_xy)
+
+
+def nmi_geometric(expert, label, n_experts, n_labels):  # sklearn's old default normalization
+    _, h_x, h_y, h_xy = _nmi_parts(expert, label, n_experts, n_labels)
+    return float((h_x + h_y - h_xy) / (h_x * h_y).sqrt())
+
+
+def nmi_by_label_entropy(expert, label, n_experts, n_labels):
+    _, h_x, h_y, h_xy = _nmi_parts(expert, label, n_experts, n_labels)
+    return float((h_x + h_y - h_xy) / h_y)
+
+
+def nmi_rows_twice(expert, label, n_experts, n_labels):  # H(Y) summed over the wrong axis
+    p, h_x, _, h_xy = _nmi_parts(expert, label, n_experts, n_labels)
+    h_y = torch.special.entr(p.sum(1)).sum()
+    return float(2 * (h_x + h_y - h_xy) / (h_x + h_y))
+
+
+def nmi_no_zero_guard(expert, label, n_experts, n_labels):  # 0/0 for one expert, one label
+    _, h_x, h_y, h_xy = _nmi_parts(expert, label, n_experts, n_labels)
+    return float(2 * (h_x + h_y - h_xy) / (h_x + h_y))
+
+
+def saturation_positionwise(snapshots):
+    return (snapshots == snapshots[-1]).double().mean(dim=(1, 2))
+
+
+def saturation_against_first(snapshots):
+    kept = (snapshots[:, :, :, None] == snapshots[0][None, :, None, :]).any(-1)
+    return kept.double().mean(dim=(1, 2))
+
+
+def saturation_top1(snapshots):
+    return (snapshots[:, :, 0] == snapshots[-1][:, 0]).double().mean(dim=1)
+
+
+def saturation_any_overlap(snapshots):
+    kept = (snapshots[:, :, :, None] == snapshots[-1][None, :, None, :]).any(-1)
+    return kept.any(-1).double().mean(dim=1)
+
+
+def saturation_jaccard(snapshots):
+    shared = (snapshots[:, :, :, None] == snapshots[-1][None, :, None, :]).any(-1).sum(-1)
+    union = 2 * snapshots.shape[-1] - shared
+    return (shared / union).double().mean(dim=1)
+
+
+def collapse_range(load):
+    load = load.double()
+    return float((load.max() - load.min()) / load.mean()), int((load < 0.01 * load.mean()).sum())
+
+
+def collapse_max_over_mean(load):
+    load = load.double()
+    return float(load.max() / load.mean()), int((load < 0.01 * load.mean()).sum())
+
+
+def collapse_zeros_only(load):
+    load = load.double()
+    return float((load.max() - load.mean()) / load.mean()), int((load == 0).sum())
+
+
+def collapse_line_of_total(load):
+    load = load.double()
+    return float((load.max() - load.mean()) / load.mean()), int((load < 0.01 * load.sum()).sum())
+
+
+def collapse_line_of_max(load):
+    load = load.double()
+    return float((load.max() - load.mean()) / load.mean()), int((load < 0.01 * load.max()).sum())
+
+
+def _cka(x, y, squared=True):
+    cross = torch.linalg.matrix_norm(y.T @ x)
+    norms = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float((cross**2 if squared else cross) / norms)
+
+
+def cka_uncentred(x, y):
+    return _cka(x.double(), y.double())
+
+
+def cka_not_squared(x, y):
+    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
+    return _cka(x, y, squared=False)
+
+
+def cka_rows_centred(x, y):  # the mean over each input's features, the wrong dimension
+    x, y = x.double(), y.double()
+    return _cka(x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True))
+
+
+def cka_flattened_correlation(x, y):
+    return float(torch.corrcoef(torch.stack([x.flatten(), y.flatten()]))[0, 1])
+
+
 WRONG = [  # (exercise, wrong version, words the failure message must contain)
     ("swiglu_ffn", swiglu_silu_on_up, "SiLU is applied to the up projection instead of the gate"),
     ("swiglu_ffn", swiglu_geglu, "GELU replaces SiLU"),
@@ -821,6 +942,30 @@ WRONG = [  # (exercise, wrong version, words the failure message must contain)
     ("group_limited_topk", limited_interleaved, "the groups are interleaved"),
     ("group_limited_topk", limited_ascending, "right but in another order"),
     ("group_limited_topk", limited_ignored, "the group limit is ignored"),
+    (
+        "normalized_mutual_information",
+        nmi_nan_on_empty_cells,
+        "An empty cell of the table gives p·log p = 0·(−inf) = nan",
+    ),
+    ("normalized_mutual_information", nmi_unnormalized, "returned without normalizing it"),
+    ("normalized_mutual_information", nmi_geometric, "the geometric mean √(H(X)·H(Y))"),
+    ("normalized_mutual_information", nmi_by_label_entropy, "the label's entropy H(Y) alone"),
+    ("normalized_mutual_information", nmi_rows_twice, "come from the same axis of the table"),
+    ("normalized_mutual_information", nmi_no_zero_guard, "return 0 when H(X) + H(Y) = 0"),
+    ("router_saturation", saturation_positionwise, "compared position by position"),
+    ("router_saturation", saturation_against_first, "each snapshot is compared with the first"),
+    ("router_saturation", saturation_top1, "only the first choices are compared"),
+    ("router_saturation", saturation_any_overlap, "a token counts when it shares any expert"),
+    ("router_saturation", saturation_jaccard, "(Jaccard)"),
+    ("routing_collapse", collapse_range, "MaxVio is (max − min) / mean"),
+    ("routing_collapse", collapse_max_over_mean, "max / mean is 1 + MaxVio"),
+    ("routing_collapse", collapse_zeros_only, "only experts with no assignment at all"),
+    ("routing_collapse", collapse_line_of_total, "the line is 1% of the total load"),
+    ("routing_collapse", collapse_line_of_max, "the line is 1% of the largest load"),
+    ("linear_cka", cka_uncentred, "the outputs are not centred"),
+    ("linear_cka", cka_not_squared, "||Yᵀ X||_F is not squared"),
+    ("linear_cka", cka_rows_centred, "each row (input) is centred over its features"),
+    ("linear_cka", cka_flattened_correlation, "the flattened outputs are correlated"),
 ]
 
 

@@ -77,6 +77,28 @@ REQUIRED_COVERAGE = {
         "scaling-bug-per-rank-balancing-loss",
     ],
     "DeepSeek's group-limited routing": ["scaling-group-limited-routing", "scaling-groups-touched"],
+    # notebook 05 (specialization and collapse)
+    "the domain-expert myth and the published routing analyses": [
+        "myth-domain-experts",
+        "routing-specialization-findings",
+        "routing-measure-specialization",
+        "routing-nmi-value",
+        "routing-bug-nmi-empty-cells",
+    ],
+    "the three collapses and their cures": [
+        "training-three-collapses",
+        "myth-collapse-similar-experts",
+        "myth-balanced-load-healthy",
+        "training-dead-experts-value",
+    ],
+    "router saturation": ["training-router-saturation", "training-saturation-value"],
+    "consecutive-token routing": ["routing-consecutive-tokens", "routing-consecutive-expected"],
+    "co-activation against independence": [
+        "routing-coactivation",
+        "routing-pair-share",
+        "routing-bug-coactivation-product",
+    ],
+    "expert ablation vs correlational tables": ["routing-expert-ablation"],
     "Switch, GLaM, Mixtral, DeepSeek-V3 facts": [
         "scaling-facts-switch",
         "scaling-facts-glam",
@@ -108,6 +130,8 @@ REQUIRED_BUGS = {
     "expert_choice_decoder",
     "circulating_snippet",
     "per_rank_balancing_loss",  # notebook 07: a balancing loss averaged over ranks
+    "nmi_zero_cells",  # notebook 05: 0 log 0 = nan in an NMI
+    "coactivation_product",  # notebook 05: co-activation against the product of the rates
 }
 # Issue 13's numeric examples, by generator.
 REQUIRED_NUMERIC = {
@@ -128,6 +152,12 @@ REQUIRED_NUMERIC = {
     "ep_rank_bytes",
     "ep_memory_per_device",
     "groups_touched",
+    # notebook 05
+    "nmi",
+    "consecutive_expected",
+    "saturation",
+    "dead_experts",
+    "pair_share",
 }
 
 
@@ -177,6 +207,26 @@ def test_scaling_questions_demonstrated_in_notebook_07_link_there():
         assert by_id[question_id].link.notebook == "07_gpu_and_scaling", question_id
     from_07 = [q for q in BANK if q.link.notebook == "07_gpu_and_scaling"]
     assert len(from_07) >= 15 and {q.kind for q in from_07} == {"recall", "numeric", "bug"}
+
+
+def test_questions_demonstrated_in_notebook_05_link_there():
+    # notebook 05 measures specialization, the three collapses and the collapse lab live
+    by_id = {q.id: q for q in BANK}
+    for question_id in (
+        "training-collapse",
+        "training-prevent-collapse",
+        "training-three-collapses",
+        "training-aux-weight",
+        "myth-domain-experts",
+    ):
+        assert by_id[question_id].link.notebook == "05_specialization", question_id
+    from_05 = [q for q in BANK if q.link.notebook == "05_specialization"]
+    assert len(from_05) >= 15 and {q.kind for q in from_05} == {
+        "recall",
+        "numeric",
+        "bug",
+        "verdict",
+    }
 
 
 def test_the_heading_check_would_catch_a_wrong_section():

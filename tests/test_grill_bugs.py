@@ -23,6 +23,8 @@ EXPECTED_REASON = {
     "aux_loss_on_topk": "no gradient to the logits of the experts a token did",
     "per_expert_indexing": "zero-filled gradients the full size of a stacked weight",
     "per_rank_balancing_loss": "the mean of the ranks' own losses",
+    "nmi_zero_cells": "An empty cell gives p·log p = 0·(−inf) = nan",
+    "coactivation_product": "you divide by the product of the two experts' inclusion rates",
 }
 
 
@@ -153,6 +155,70 @@ def test_index_select_per_expert_is_the_same_bug():
     )
     correct, message = check_answer("per_expert_indexing", code, 0)
     assert not correct and "zero-filled" in message
+
+
+NMI = BUGS["nmi_zero_cells"]
+
+
+def test_nmi_with_xlogy_is_also_right():
+    code = NMI.code
+    for p in ("p_expert", "p_label", "p"):
+        code = code.replace(f"-({p} * {p}.log()).sum()", f"-torch.xlogy({p}, {p}).sum()")
+    assert "log()" not in code
+    correct, message = check_answer("nmi_zero_cells", code, 1)
+    assert correct, message
+
+
+def test_nmi_with_another_normalization_is_wrong_with_both_values():
+    # the geometric mean sqrt(H(X) H(Y)) is another NMI in the literature, not the one asked for
+    code = NMI.fix.replace(
+        "float(2 * mutual_information / (h_expert + h_label))",
+        "float(mutual_information / (h_expert * h_label).sqrt())",
+    )
+    correct, message = check_answer("nmi_zero_cells", code, 0)
+    assert not correct and "moe_lab's normalized_mutual_information is" in message, message
+
+
+def test_the_nmi_checker_compares_values_not_only_finiteness():
+    # a constant 1 is finite and right for the label-copying table (I = H(X) = H(Y): 2H / 2H),
+    # but the first, dense table's NMI is far from 1
+    code = "def nmi(table):\n    return 1.0\n"
+    correct, message = check_answer("nmi_zero_cells", code, 0)
+    assert not correct and "with an 8 x 4 table with no empty cell, your nmi is 1" in message
+
+
+COACTIVATION = BUGS["coactivation_product"]
+
+
+def test_the_one_line_fix_of_the_coactivation_reference_is_accepted():
+    # only the reference changes; the float32 counts of the buggy code stay
+    code = COACTIVATION.code.replace(
+        "rates[:, None] * rates[None, :]", "independent_pair_shares(rates, top_k)"
+    )
+    for seed in (0, 1):
+        correct, message = check_answer("coactivation_product", code, seed)
+        assert correct, message
+
+
+def test_uniform_pairs_read_a_lift_of_one_off_the_diagonal():
+    # every pair of 8 experts chosen 3 times by 84 tokens: each pair's share is 3/84 = 1/28,
+    # the independent uniform share C(6, 0)/C(8, 2) = 1/28, so every off-diagonal lift is 1
+    from moe_lab.grill.bugs_specialization import _reference_lift
+
+    indices = torch.combinations(torch.arange(8), 2).repeat(3, 1)  # (84, 2)
+    lift = _reference_lift(indices, 8)
+    off = ~torch.eye(8, dtype=torch.bool)
+    assert torch.allclose(lift[off], torch.ones(56, dtype=torch.float64), atol=1e-9)
+
+
+def test_a_lift_against_uniform_routing_fails_on_uneven_loads():
+    # right at uniform loads, wrong once the loads are uneven: the reference must follow the loads
+    code = COACTIVATION.code.replace(
+        "rates[:, None] * rates[None, :]",
+        "torch.full((n_experts, n_experts), top_k * (top_k - 1) / (n_experts * (n_experts - 1)))",
+    )
+    correct, message = check_answer("coactivation_product", code, 0)
+    assert not correct and "top-2 of 8 with uneven loads" in message, message
 
 
 @pytest.mark.parametrize(

@@ -116,6 +116,39 @@ def groups_touched_by_hand(E, G, K):
     return G * (1 - miss)
 
 
+def nmi_by_hand(table):
+    # NMI = 2 I / (H(X) + H(Y)), I = H(X) + H(Y) - H(X, Y), entropies from counts, 0 log 0 = 0
+    def entropy(counts):
+        total = sum(counts)
+        return -sum(c / total * math.log(c / total) for c in counts if c > 0)
+
+    h_rows = entropy([sum(row) for row in table])
+    h_cols = entropy([sum(col) for col in zip(*table, strict=True)])
+    h_joint = entropy([c for row in table for c in row])
+    return 2 * (h_rows + h_cols - h_joint) / (h_rows + h_cols)
+
+
+def consecutive_expected_by_hand(choices, E):
+    # two independent tokens share a first choice with probability sum_e p_e^2
+    return sum((choices.count(e) / len(choices)) ** 2 for e in range(E))
+
+
+def saturation_by_hand(earlier, final, K):
+    # OLMoE: the mean over tokens of |S(t) & S(T)| / K, sets compared regardless of order
+    return sum(len(set(a) & set(b)) for a, b in zip(earlier, final, strict=True)) / (len(final) * K)
+
+
+def dead_experts_by_hand(loads):
+    # dead: strictly under 1% of the mean load (notebook 05's rule)
+    mean = sum(loads) / len(loads)
+    return sum(1 for load in loads if load < 0.01 * mean)
+
+
+def pair_share_by_hand(E, K):
+    # uniform K-sets: those holding experts 0 and 1 are C(E-2, K-2) of the C(E, K)
+    return math.comb(E - 2, K - 2) / math.comb(E, K)
+
+
 HAND = {
     "capacity": lambda p: capacity_by_hand(p["N"], p["E"], p["K"], p["cf"]),
     "dropped_tokens": lambda p: dropped_tokens_by_hand(
@@ -151,6 +184,12 @@ HAND = {
         / 1e9
     ),
     "groups_touched": lambda p: groups_touched_by_hand(p["E"], p["G"], p["K"]),
+    # notebook 05
+    "nmi": lambda p: nmi_by_hand(p["table"]),
+    "consecutive_expected": lambda p: consecutive_expected_by_hand(p["choices"], p["E"]),
+    "saturation": lambda p: saturation_by_hand(p["earlier"], p["final"], p["K"]),
+    "dead_experts": lambda p: dead_experts_by_hand(p["loads"]),
+    "pair_share": lambda p: pair_share_by_hand(p["E"], p["K"]),
 }
 
 

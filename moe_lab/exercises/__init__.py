@@ -15,6 +15,8 @@ One module per notebook, named after it (``notebooks/03_load_balancing.py`` ->
     routing           02  check_topk_router, check_deepseek_router, check_sorted_dispatch
     load_balancing    03  check_expert_capacity, check_capacity_keep, check_switch_aux_loss
     train_tiny_moe    04  check_tiny_lm_parameters, check_training_flops_per_token
+    specialization    05  check_normalized_mutual_information, check_router_saturation,
+                          check_routing_collapse, check_linear_cka
     compute_budgets   06  check_mixtral_parameters, check_experts_touched, check_all_to_all_bytes
     gpu_and_scaling   07  check_expert_offsets, check_all_to_all_splits, check_group_limited_topk
 
@@ -46,7 +48,7 @@ The cell pattern, the same in every notebook (Jupytext percent syntax; exercise 
    reference solution; ``tests/test_exercises.py`` also runs each solution cell, taken from the
    notebook's source, through its checker, and every checker against known wrong versions.
 
-Adding exercises for a notebook (05 when it lands):
+Adding exercises for a new notebook:
 
 1. Create ``moe_lab/exercises/<name>.py`` for ``notebooks/NN_<name>.py``, with
    ``NOTEBOOK = "NN_<name>"`` and one ``@exercise(NOTEBOOK, against="...")`` function per
@@ -61,7 +63,7 @@ Adding exercises for a notebook (05 when it lands):
 4. In ``tests/test_exercises.py``, add the notebook to ``NOTEBOOK_MODULES`` and, for each new
    checker, at least one realistic wrong version and the words its message must contain.
 
-Taught in: the "Exercises" section at the end of notebooks 01, 02, 03, 04, 06 and 07.
+Taught in: the "Exercises" section at the end of notebooks 01 to 07.
 """
 
 from moe_lab.exercises import (  # noqa: F401  (importing registers the checkers)
@@ -70,6 +72,7 @@ from moe_lab.exercises import (  # noqa: F401  (importing registers the checkers
     gpu_and_scaling,
     load_balancing,
     routing,
+    specialization,
     train_tiny_moe,
 )
 from moe_lab.exercises.core import EXERCISES, Exercise, ExerciseError, exercises_of

@@ -627,4 +627,8 @@ def check_per_expert_indexing(forward: Any, seed: int) -> str:
 
 # Notebook 07's checker (a balancing loss averaged over expert-parallel ranks) lives in its own
 # module; importing it here registers it with every import of this one.
-from moe_lab.grill import bugs_scaling  # noqa: E402, F401  (registers its checker)
+# Notebook 05's (specialization and collapse) live in bugs_specialization, likewise.
+from moe_lab.grill import (  # noqa: E402  (importing registers them)
+    bugs_scaling,  # noqa: F401
+    bugs_specialization,  # noqa: F401
+)

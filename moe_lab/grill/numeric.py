@@ -710,4 +710,8 @@ def useful_fraction(rng: random.Random) -> NumericCase:
 # Notebook 07's generators (the dispatch ladder, host syncs, expert parallelism, group-limited
 # routing) live in their own module; importing it here registers them with every import of this
 # one.
-from moe_lab.grill import numeric_scaling  # noqa: E402, F401  (registers its generators)
+# Notebook 05's (specialization and collapse) live in numeric_specialization, likewise.
+from moe_lab.grill import (  # noqa: E402  (importing registers them)
+    numeric_scaling,  # noqa: F401
+    numeric_specialization,  # noqa: F401
+)
