@@ -332,7 +332,9 @@ speed = {n: histories[n].mean_tokens_per_second() for n in NAMES}
 # The wide model on its own schedule, as many steps as the MoE's training FLOPs buy it.
 short_steps = round(TRAIN.steps * trainers["tiny-moe"].flops_per_token
                     / trainers["tiny-dense-wide"].flops_per_token)
-wide_short = Trainer(get_preset("tiny-dense-wide"), replace(TRAIN, steps=short_steps), corpus)
+# (evaluated only before and after: its final loss is all the comparison reads)
+wide_short = Trainer(get_preset("tiny-dense-wide"),
+                     replace(TRAIN, steps=short_steps, eval_every=short_steps), corpus)
 wide_short.run(description=f"tiny-dense-wide, {short_steps} steps")
 wide_short_final = wide_short.history.val_loss[-1]
 wide_at_moe_flops = interpolate(wide.eval_flops, wide.val_loss, moe.flops[-1])
