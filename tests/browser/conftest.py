@@ -202,9 +202,12 @@ def open_notebook(browser, jupyterlab) -> Iterator[Any]:
             "() => window.jupyterapp.commands.execute('notebook:run-all-cells')"
         )
         assert finished, f"{name}: Run All did not finish"
+        # Every code cell has an execution count. Read from the notebook's model, not from the
+        # prompts: a cell whose source starts hidden (the exercises' solutions) has no prompt.
         page.wait_for_function(
-            "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-            ".every(p => /\\[\\d+\\]/.test(p.textContent))",
+            "() => window.jupyterapp.shell.currentWidget.content.widgets"
+            ".filter(cell => cell.model.type === 'code')"
+            ".every(cell => Number.isInteger(cell.model.executionCount))",
             timeout=CELL_TIMEOUT_MS,
         )
         return page
