@@ -22,9 +22,10 @@
 # wall-clock time; and answer, with this run's numbers, the question every MoE paper poses: does
 # the MoE win at equal compute, and does it win at equal wall-clock time on your machine?
 #
-# **Time:** about 20 minutes to read. The notebook runs in a little over two minutes on 2 CPU
-# cores, almost all of it the three training runs and a short fourth one in section 6 (each shows a
-# progress bar).
+# **Time:** about 20 minutes to read. The notebook runs in two to three and a half minutes on 2
+# CPU cores, by the CPU (measured on two machines of the same nominal size), almost all of it the
+# three training runs and a short fourth one in section 6 (each shows a progress bar; section 4's
+# table prints each run's training seconds on yours).
 #
 # The same runs from a terminal: `moe-lab train --preset tiny-moe --out runs/moe`, then
 # `moe-lab sample --checkpoint runs/moe --prompt "7*8="`.
@@ -173,9 +174,10 @@ display(Markdown(
 #
 # The recipe (width, depth, experts, steps, learning rate) was chosen by measuring: 320 steps of
 # 24 x 64 bytes is enough for the MoE's lead over its dense twin to exceed the spread between seeds
-# (section 6 says which other gaps do not), and the three runs take about a minute and a half on
-# one core. Every step records the losses, the tokens per expert, the router entropy and
-# the dropped fraction of every MoE block, the throughput and the wall time (`History`).
+# (section 6 says which other gaps do not), and the three runs fit in a few minutes on one core
+# (section 4 prints how long each took here). Every step records the losses, the tokens per
+# expert, the router entropy and the dropped fraction of every MoE block, the throughput and the
+# wall time (`History`).
 
 # %%
 TRAIN = TrainConfig(seed=SEED)
