@@ -751,7 +751,7 @@ check_experts_touched(my_experts_touched, reference=experts_touched_solution)
 # ### Exercise 3: the all-to-all's bytes
 #
 # Under expert parallelism the E experts are spread evenly over W ranks, and so are the N tokens of a step. Each token sends a copy of its D values to each of its K experts (the dispatch all-to-all), and the expert outputs come back the same way (the combine all-to-all); a copy whose expert sits on the token's own rank does not travel.
-# Write `my_all_to_all_bytes(n_tokens, top_k, d_model, world_size, bytes_per_value)` returning the bytes both all-to-alls move for one MoE block, summed over all ranks, under uniform routing.
+# Write `my_all_to_all_bytes(n_tokens, top_k, d_model, world_size, bytes_per_value)` returning the bytes both all-to-alls move for one MoE block in one forward pass, summed over all ranks, under uniform routing.
 # The check compares with `moe_lab.budget.all_to_all_bytes(...)["total"]`, DeepSeek-V3's width and top-8 over 64 ranks among the cases.
 
 # %%

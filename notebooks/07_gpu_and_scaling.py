@@ -60,7 +60,7 @@ from moe_lab.parallel.demos import (
     run_tasks,
     straggler_step,
 )
-from moe_lab.profiling import audit_operators, peak_rss_increase
+from moe_lab.profiling import audit_operators, count_full_size_slicing, peak_rss_increase
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # one thread: steadier timings on a shared CPU, and every rung alike
@@ -251,6 +251,21 @@ figure.show()
 
 # %% [markdown]
 # How to read it. The FLOP counts above predict part of the order: the masked loop does 4 times the arithmetic; the einsum rung spends more FLOPs on its one-hot products than on its experts, and both its tensors and those FLOPs grow as N² at a fixed capacity factor (C ∝ N). What the counts do not see is overhead per operator call and memory traffic: the naive loop searches all N·K choices once per expert, and autograd zero-fills a full (E, D, F) gradient for each expert it indexes; the sorted rungs avoid both. On a single CPU thread, the C++ and Python sorted rungs run the same products, so they differ by call overhead only; with more threads the C++ one runs experts in parallel.
+#
+# The zero-filled gradients, counted (no timing): the backward nodes in each rung's autograd graph that allocate a whole stacked expert weight's gradient, (E, D, F), to return one expert's slice of it (`moe_lab.profiling.count_full_size_slicing`).
+
+# %%
+expert_shapes = {tuple(p.shape) for p in layers["naive loop"].experts.parameters()}  # (E, D, F), (E, F, D)
+full_size = {label: count_full_size_slicing(layer(x.clone().requires_grad_(True)).y, expert_shapes)
+             for label, layer in layers.items()}
+full_size_mib = E * D * F_ * 4 / 2**20  # one float32 (E, D, F) gradient
+display(Markdown("| rung | full-size zero-filled gradients per backward | MiB they allocate |\n|---|---|---|\n"
+                 + "\n".join(f"| {label} | {n} | {n * full_size_mib:.1f} |" for label, n in full_size.items())))
+assert full_size["naive loop"] == 3 * E  # w_gate[e], w_up[e], w_down[e] for each of the E experts
+assert all(n == 0 for label, n in full_size.items() if label != "naive loop")
+
+# %% [markdown]
+# The naive loop's backward allocates 3·E full-size gradients, E times what the expert gradients need; the other rungs read each expert's weights through one batched product or `unbind`, which allocate none.
 #
 # The einsum's quadratic growth, counted (no timing): FLOPs of its two einsums at N and 2N with the same capacity factor.
 

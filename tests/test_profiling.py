@@ -7,7 +7,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from moe_lab import MoEConfig, MoELayer
 from moe_lab.dispatch.einsum import one_hot_dispatch
-from moe_lab.profiling import audit_operators, count_cuda_syncs, peak_rss_increase
+from moe_lab.profiling import (
+    audit_operators,
+    count_cuda_syncs,
+    count_full_size_slicing,
+    peak_rss_increase,
+)
 from moe_lab.routers import RoutingResult
 
 
@@ -30,6 +35,25 @@ def test_audit_restores_tolist():
     with audit_operators():
         pass
     assert torch.Tensor.tolist is original
+
+
+def test_full_size_slicing_counts_each_indexed_expert_once():
+    """A hand-written loop that indexes w[e] for 5 of 6 experts holds 5 zero-filling nodes on w's
+    shape; unbind and one batched product hold none; a slice of another tensor is not counted,
+    even one with as many elements as w; the backward writes w's gradient for those 5 only."""
+    w = torch.randn(6, 4, 3, requires_grad=True)  # (E, D, F)
+    small = torch.randn(5, 4, requires_grad=True)
+    same_numel = torch.randn(8, 9, requires_grad=True)  # 72 elements, as w has
+    x = torch.randn(4)
+    indexed = sum(x @ w[e] for e in range(5)) + small[0].sum() + same_numel[0].sum()
+    assert count_full_size_slicing(indexed, {(6, 4, 3)}) == 5
+    assert count_full_size_slicing(indexed, {(6, 4, 3), (5, 4)}) == 6
+    unbound = sum(x @ w_e for w_e in w.unbind(0))
+    assert count_full_size_slicing(unbound, {(6, 4, 3)}) == 0
+    batched = torch.einsum("d,edf->ef", x, w).sum()
+    assert count_full_size_slicing(batched, {(6, 4, 3)}) == 0
+    indexed.sum().backward()
+    assert torch.equal(w.grad[5], torch.zeros(4, 3)) and w.grad[:5].abs().sum() > 0
 
 
 def test_count_cuda_syncs_refuses_without_cuda():

@@ -182,10 +182,10 @@ def check_experts_touched(attempt) -> int:
 def check_all_to_all_bytes(attempt) -> int:
     """Check ``attempt(n_tokens, top_k, d_model, world_size, bytes_per_value) -> bytes``.
 
-    The bytes expert parallelism moves per MoE block per step, summed over all W ranks, under
-    uniform routing with experts and tokens spread evenly: the dispatch all-to-all sends each
-    token's K copies (D values each) that land on another rank, the combine all-to-all sends
-    the expert outputs back. Compared with ``moe_lab.budget.all_to_all_bytes(...)["total"]``.
+    The bytes expert parallelism moves per MoE block in one forward pass (a training step's
+    backward moves as much again), summed over all W ranks, under uniform routing with experts
+    and tokens spread evenly: the dispatch all-to-all sends each token's K copies (D values
+    each) that land on another rank, the combine all-to-all sends the expert outputs back. Compared with ``moe_lab.budget.all_to_all_bytes(...)["total"]``.
     """
     settings = [  # (N, K, D, W, bytes per value, dtype)
         (4096, 8, 7168, 64, 2, "bf16"),  # DeepSeek-V3's width and top-8 (notebook 06)

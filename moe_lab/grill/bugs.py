@@ -14,7 +14,6 @@ Taught in: notebooks/08_interview_grill.ipynb; the bugs themselves in notebooks 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from moe_lab.experts import StackedExperts
 from moe_lab.ffn import DenseFFN
 from moe_lab.grill.sandbox import ReaderError, load_answer, reader_call
 from moe_lab.moe_layer import MoELayer as LibraryMoELayer
+from moe_lab.profiling.autograd import count_full_size_slicing
 from moe_lab.routers import RoutingResult, build_router
 
 
@@ -531,37 +531,6 @@ def check_aux_loss_on_topk(loss_fn: Any, seed: int) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-# Backward nodes that materialize a zero-filled gradient the size of the tensor they index, then
-# write one slice into it (torch/csrc/autograd: select_backward, slice_backward, ...).
-ZERO_FILLING_NODES = {
-    "SelectBackward0",
-    "SliceBackward0",
-    "IndexBackward0",
-    "IndexSelectBackward0",
-    "AsStridedBackward0",
-    "GatherBackward0",
-    "TakeBackward0",
-}
-
-
-def count_full_size_slicing(output: torch.Tensor, numels: set[int]) -> int:
-    """Backward nodes in ``output``'s graph that zero-fill a gradient of one of ``numels``
-    elements: each one allocates a full-size tensor to return a slice's gradient."""
-    count, seen = 0, set()
-    stack = [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if type(node).__name__ in ZERO_FILLING_NODES:
-            sizes = getattr(node, "_saved_self_sym_sizes", None)
-            if sizes is not None and math.prod(int(s) for s in sizes) in numels:
-                count += 1
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return count
-
-
 @_register("per_expert_indexing", entry="moe_forward")
 def check_per_expert_indexing(forward: Any, seed: int) -> str:
     """Reference: ``dispatch_naive``; and a count of full-size gradient buffers in backward."""
@@ -602,7 +571,7 @@ def check_per_expert_indexing(forward: Any, seed: int) -> str:
         )
     if not y.requires_grad:
         raise WrongAnswerError("your output carries no gradient back to the expert weights")
-    full_size = count_full_size_slicing(y, {leaves[name].numel() for name in names})
+    full_size = count_full_size_slicing(y, {tuple(leaves[name].shape) for name in names})
     reader_call("backpropagating through your output", (y * upstream).sum().backward)
     for name in names:
         grad = leaves[name].grad
