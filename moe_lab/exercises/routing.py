@@ -66,6 +66,25 @@ def _expect_indices(got, expected, case: str, mistakes: dict[str, torch.Tensor])
     )
 
 
+def _expect_weights(
+    weights: torch.Tensor,
+    logits: torch.Tensor,
+    routing: RoutingResult,
+    case: str,
+    mistakes: dict[str, torch.Tensor],
+) -> None:
+    """The reader's (N, K) weights equal the library's, and so does their gradient to the logits."""
+    expect_close(weights, routing.weights, "weights", case, mistakes)
+    probe = torch.randn(routing.weights.shape)  # (N, K): a random upstream gradient
+    (expected_grad,) = torch.autograd.grad((routing.weights * probe).sum(), routing.logits)
+    expect_gradients(
+        gradients(weights, probe, {"logits": logits}),
+        {"logits": expected_grad},
+        case,
+        of="the weights",
+    )
+
+
 @exercise(NOTEBOOK, against="moe_lab's softmax_topk router: experts, weights and gradients")
 def check_topk_router(attempt) -> int:
     """Check ``attempt(logits, k, normalize) -> (indices, weights)``, the softmax top-k router.
@@ -132,15 +151,7 @@ def check_topk_router(attempt) -> int:
                     " softmax came after top-k (over the K kept logits, the same thing); Switch"
                     " keeps the full softmax's probabilities p, which sum to less than 1"
                 ] = kept_logits.softmax(-1)
-        expect_close(weights, routing.weights, "weights", case, mistakes)
-        probe = torch.randn(n, k)
-        (expected_grad,) = torch.autograd.grad((routing.weights * probe).sum(), routing.logits)
-        expect_gradients(
-            gradients(weights, probe, {"logits": logits}),
-            {"logits": expected_grad},
-            case,
-            of="the weights",
-        )
+        _expect_weights(weights, logits, routing, case, mistakes)
     return len(settings)
 
 
@@ -199,15 +210,7 @@ def check_deepseek_router(attempt) -> int:
                 "the weights are not normalized over the K chosen experts": chosen * scaling,
                 "softmax replaces the sigmoid": soft / soft.sum(-1, keepdim=True) * scaling,
             }
-        expect_close(weights, routing.weights, "weights", case, mistakes)
-        probe = torch.randn(n, k)
-        (expected_grad,) = torch.autograd.grad((routing.weights * probe).sum(), routing.logits)
-        expect_gradients(
-            gradients(weights, probe, {"logits": logits}),
-            {"logits": expected_grad},
-            case,
-            of="the weights",
-        )
+        _expect_weights(weights, logits, routing, case, mistakes)
     return len(settings)
 
 
