@@ -9,6 +9,7 @@ from moe_lab.analysis import RoutingCapture, coactivation, specialization
 from moe_lab.history import History
 from moe_lab.viz.analysis_figures import (
     coactivation_figure,
+    lab_curves,
     lab_load_heatmaps,
     lift_heatmaps,
     nmi_figure,
@@ -80,6 +81,36 @@ def test_lab_load_heatmap_is_load_over_the_mean() -> None:
     assert relative.tolist() == [[3.0, 2.0], [1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]
     figure = lab_load_heatmaps({"x": history}, layer=0)
     assert np.asarray(figure.data[0].z).max() == 3.0
+
+
+def test_lab_curves_are_the_seed_means_by_hand() -> None:
+    # Two seeds of one setting, E = 4, three steps. MaxVio per step = (max - mean) / mean load;
+    # the curves average the seeds, then smooth over a 10-step window (all 3 steps fit in it).
+    seed_a = History(
+        step=[1, 2, 3],
+        tokens_per_expert={0: [[6, 2, 0, 0], [4, 4, 0, 0], [2, 2, 2, 2]]},
+        router_entropy={0: [0.0, 0.5, 1.0]},
+        eval_step=[0, 3],
+        val_loss=[5.0, 3.0],
+    )
+    seed_b = History(
+        step=[1, 2, 3],
+        tokens_per_expert={0: [[2, 2, 2, 2], [2, 2, 2, 2], [8, 0, 0, 0]]},
+        router_entropy={0: [1.0, 1.0, 0.0]},
+        eval_step=[0, 3],
+        val_loss=[5.5, 2.0],
+    )
+    figure = lab_curves({"setting": [seed_a, seed_b]}, layer=0)
+    maxvio, entropy, dead, val = figure.data
+    # MaxVio: seed a 2, 1, 0; seed b 0, 0, 3 -> means 1, 0.5, 1.5 -> running means 1, 0.75, 1
+    assert np.allclose(np.asarray(maxvio.y), [1.0, 0.75, 1.0])
+    # dead (load < 1% of the mean 2): seed a 2, 2, 0; seed b 0, 0, 3 -> means 1, 1, 1.5
+    assert np.allclose(np.asarray(dead.y), [1.0, 1.0, 7 / 6])
+    # entropy / log 4: means 0.5, 0.75, 0.5 (divided by log 4), then running means
+    expected = np.cumsum([0.5, 0.75, 0.5]) / np.arange(1, 4) / np.log(4)
+    assert np.allclose(np.asarray(entropy.y), expected)
+    assert np.asarray(val.y).tolist() == [5.25, 2.5] and list(val.x) == [0, 3]
+    assert np.asarray(maxvio.x).tolist() == [1, 2, 3]
 
 
 def test_three_collapses_figure_panels() -> None:

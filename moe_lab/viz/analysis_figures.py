@@ -307,7 +307,7 @@ def lab_load_heatmaps(histories: Mapping[str, History], layer: int, columns: int
         steps = histories[name].step
         figure.add_trace(
             go.Heatmap(
-                # float32: plotly stores numpy arrays in binary, so this halves the figure's bytes
+                # float32: plotly stores numpy arrays in binary; float64 would double the bytes
                 z=relative[order].astype(np.float32),  # (E, steps)
                 x=np.asarray(steps, dtype=np.int32),
                 y=[str(e) for e in order],
@@ -370,13 +370,15 @@ def lab_curves(runs: Mapping[str, Sequence[History]], layer: int) -> go.Figure:
                 np.asarray(h.router_entropy[layer]) / math.log(loads.shape[1])
             )
             per_seed["dead"].append((loads < 0.01 * mean).sum(axis=1))
-        steps = histories[0].step
+        # numpy arrays in float32 / int32: plotly stores them in binary, a fraction of the bytes
+        # of JSON lists (notebook 05's page on the offline site)
+        steps = np.asarray(histories[0].step, dtype=np.int32)
         for key, (row, col) in {"maxvio": (1, 1), "entropy": (1, 2), "dead": (2, 1)}.items():
-            mean_curve = np.mean(per_seed[key], axis=0)
+            mean_curve = np.mean(per_seed[key], axis=0)  # (steps,)
             figure.add_trace(
                 go.Scatter(
                     x=steps,
-                    y=_smooth(list(mean_curve)),
+                    y=np.asarray(_smooth(list(mean_curve)), dtype=np.float32),
                     mode="lines",
                     name=name,
                     legendgroup=name,
