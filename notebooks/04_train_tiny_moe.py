@@ -22,10 +22,10 @@
 # wall-clock time; and answer, with this run's numbers, the question every MoE paper poses: does
 # the MoE win at equal compute, and does it win at equal wall-clock time on your machine?
 #
-# **Time:** about 20 minutes to read. The notebook runs in two to three and a half minutes on 2
-# CPU cores, by the CPU (measured on two machines of the same nominal size), almost all of it the
-# three training runs and a short fourth one in section 6 (each shows a progress bar; section 4's
-# table prints each run's training seconds on yours).
+# **Time:** about 20 minutes to read. The notebook runs in one and a half to three and a half
+# minutes on 2 CPU cores, by the CPU (machines of the same nominal size differ twice over), almost
+# all of it the three training runs and a short fourth one in section 6 (each shows a progress
+# bar; section 4's table prints each run's training seconds on yours).
 #
 # The same runs from a terminal: `moe-lab train --preset tiny-moe --out runs/moe`, then
 # `moe-lab sample --checkpoint runs/moe --prompt "7*8="`.
