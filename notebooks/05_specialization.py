@@ -41,11 +41,11 @@ import torch
 from IPython.display import Markdown, display
 
 import moe_lab
-from moe_lab.analysis import ablation_effects, analyse_checkpoint, moe_inputs, saturation_curves
+from moe_lab.analysis import ablation_effects, analyse_checkpoint, dead_experts, moe_inputs, saturation_curves
 from moe_lab.analysis.consecutive import MIXTRAL_TABLE5
 from moe_lab.analysis.lab import CHECKPOINTS, LAB_SEEDS, LAB_SETTINGS, end_state
 from moe_lab.assets import load_checkpoint, load_lab_history, load_lab_summary
-from moe_lab.data import make_corpus
+from moe_lab.data import CHAR_CLASSES, make_corpus
 from moe_lab.model import TinyLM
 from moe_lab.train import Trainer, evaluate
 from moe_lab.viz.analysis_figures import (
@@ -118,6 +118,10 @@ for name in CHECKPOINTS:
           f" (recorded {metas[name]['val_loss']:.4f})")
     assert abs(loss - metas[name]["val_loss"]) < 1e-4
 balanced_names = ["balanced", "balanced-seed1", "balanced-seed2"]
+D_MODEL = models["balanced"].config.d_model
+assert all(model.config.d_model == D_MODEL for model in models.values())
+assert {metas[name]["steps"] for name in CHECKPOINTS} == {320}  # "320 steps" in the prose
+assert len(LAB_SETTINGS) * len(LAB_SEEDS) == 30  # the recorded runs of the collapse lab (section 8)
 
 # %% [markdown]
 # Note the last line before moving on: the hash-routed model, whose routing nobody trained, has
@@ -175,11 +179,16 @@ print(f"{len(capture):,} validation tokens captured, {len(capture.layers)} MoE b
 shares = torch.bincount(capture.domain, minlength=4) / len(capture)
 print("token shares by domain:", {n: f"{s:.0%}" for n, s in zip(corpus.domain_names, shares.tolist())})
 lift_heatmaps(seed0.specialization).show()
+arithmetic = corpus.domain_names.index("arithmetic")
+arithmetic_lift = [float(report["domain"].lift()[:, arithmetic].max()) for report in seed0.specialization.values()]
+print("largest arithmetic lift per block:", [round(x, 2) for x in arithmetic_lift])
+assert all(x > 3 for x in arithmetic_lift)  # "an expert seeing arithmetic at three times its rate"
 
 # %% [markdown]
 # Read the bottom row first: most experts' character-class rows are close to one-hot (one class
 # several times its base rate, the others near zero). The domain rows are mixed. Some experts do
-# look like domain experts (an expert seeing arithmetic at three times its rate), but arithmetic is
+# look like domain experts (in every block, an expert seeing arithmetic at more than three times its
+# rate: printed above), but arithmetic is
 # almost all digits and symbols: is that expert an "arithmetic expert" or a "digit expert"? The
 # scores, over all three seeds:
 
@@ -318,6 +327,7 @@ for seed in LAB_SEEDS:
 
 # %%
 effects = ablation_effects(models["balanced"], corpus.val, corpus.domain_names, max_windows=64)
+assert effects.n_tokens == 64 * models["balanced"].config.max_seq_len == 4096
 ablation_figure(effects, "char_class").show()
 ablation_figure(effects, "domain").show()
 
@@ -407,10 +417,7 @@ print("mean cosine similarity of neighbouring router inputs:",
 # 1.5 times as often as independent tokens with the same loads would; the hash model repeats at
 # chance (within 2 points of its expected rate: its only "locality" is that bytes repeat). And
 # the untrained model repeats *even more*, because its neighbouring router inputs are more alike
-# (the cosine similarities printed above, higher before training in every block): at
-# initialization the attention output, an average over the prefix with near-uniform weights, is
-# larger than the small token embeddings, so it dominates the residual stream and changes little
-# from one position to the next. Locality, here, is largely inherited from the architecture, not
+# (the cosine similarities printed above, higher before training in every block). Locality, here, is largely inherited from the architecture, not
 # learned; training makes the routing *less* sticky and more about the token. (Mixtral's layer-0 rates are close to chance;
 # its paper notes that hidden states at the first layer are strongly correlated with the input
 # embeddings, §5.)
@@ -444,10 +451,12 @@ for name in balanced_names:
 
 # %% [markdown]
 # OLMoE found "no strong co-activation among experts in one layer, with only few exceptions"
-# (§5.2). Here pairs form: experts that split one character class between them (the two "letter"
-# experts of block 0 in the lift heatmaps above) are chosen together, and experts of unrelated
-# classes almost never. **Claim**: in every block of every seed the pairs are far from
-# independent: the largest lift exceeds 1.5 and the smallest is below 0.5.
+# (§5.2). Here pairs form: in most blocks the most co-activated pair is two experts that share
+# their top character class (printed below: in seed 0's first block, two digit experts), and
+# experts of unrelated classes are almost never chosen together. **Claims**: in every block of
+# every seed the pairs are far from independent: the largest lift exceeds 1.5 and the smallest is
+# below 0.5; and in more than half of the nine blocks the most co-activated pair shares its top
+# character class.
 
 # %%
 for name in balanced_names:
@@ -455,6 +464,17 @@ for name in balanced_names:
         lift = c.lift()
         off = ~torch.eye(lift.shape[0], dtype=torch.bool)
         assert float(lift[off].max()) > 1.5 and float(lift[off].min()) < 0.5, (name, layer)
+same_class = []
+for name in balanced_names:
+    for layer, c in analyses[name].coactivation.items():
+        top_class = analyses[name].specialization[layer]["char_class"].share_by_expert().argmax(-1)  # (E,)
+        lift = c.lift().clone().fill_diagonal_(float("-inf"))
+        i, j = divmod(int(lift.argmax()), lift.shape[0])
+        same_class.append(bool(top_class[i] == top_class[j]))
+        print(f"{name}, block {layer}: most co-activated pair {i}, {j} (lift {float(lift[i, j]):.2f}),"
+              f" top classes {CHAR_CLASSES[top_class[i]]}, {CHAR_CLASSES[top_class[j]]}")
+print(f"the pair shares its top class in {sum(same_class)} of {len(same_class)} blocks")
+assert sum(same_class) > len(same_class) / 2
 
 # %% [markdown]
 # ### Router saturation
@@ -539,9 +559,9 @@ lines = ["| model | block | MaxVio | dead experts | expert CKA | effective rank 
 for name, state in states.items():
     for block, m in state.items():
         lines.append(f"| {name} | {block} | {m['max_violation']:.2f} | {m['dead']} of {experts_of[name]} | {m['expert_cka']:.2f}"
-                     f" | {m['effective_rank']:.1f} of 64 | {m['gate_share']:.0%} ({experts_of[name] / 64:.0%}) |")
+                     f" | {m['effective_rank']:.1f} of {D_MODEL} | {m['gate_share']:.0%} ({experts_of[name] / D_MODEL:.0%}) |")
 display(Markdown("\n".join(lines)))
-three_collapses_figure(averaged, experts_of, d_model=64).show()
+three_collapses_figure(averaged, experts_of, d_model=D_MODEL).show()
 recorded = load_lab_summary("32-experts-none", 0)["end_state"]  # measured when the asset was made
 assert all(abs(recorded[b][key] - states["collapsed"][b][key]) < 1e-4 * max(1.0, abs(recorded[b][key]))
            for b in recorded for key in recorded[b])
@@ -573,8 +593,8 @@ for block in states["collapsed"]:
     assert states["untrained"][block]["expert_cka"] > max(c["expert_cka"], b["expert_cka"], h["expert_cka"])
     assert b["effective_rank"] < h["effective_rank"] and c["effective_rank"] < h["effective_rank"]
     for model_name, m in (("balanced", b), ("collapsed", c)):
-        assert m["gate_share"] > experts_of[model_name] / 64, (model_name, block)
-    assert abs(h["gate_share"] - experts_of["hash"] / 64) < 0.02
+        assert m["gate_share"] > experts_of[model_name] / D_MODEL, (model_name, block)
+    assert abs(h["gate_share"] - experts_of["hash"] / D_MODEL) < 0.02
 
 # %% [markdown]
 # ## 8. The collapse lab: what makes a tiny MoE collapse?
@@ -683,6 +703,7 @@ header = "| | " + " | ".join(LAB_SETTINGS) + " |\n" + "|---" * (len(LAB_SETTINGS
 gaps = [training("loss-free bias", seed)["val_loss"] - training("aux 0.01", seed)["val_loss"] for seed in range(len(LAB_SEEDS))]
 display(Markdown(header + "\n".join(lines) + "\n\nValidation loss of every run (nats per byte). Loss-free bias"
                  " minus Switch loss 0.01, per seed: " + ", ".join(f"{g:+.3f}" for g in gaps) + "."))
+assert max(abs(g) for g in gaps) < 0.1 and min(gaps) < 0 < max(gaps)  # neither is better on every seed
 
 
 # %% [markdown]
@@ -710,9 +731,8 @@ for seed in range(len(LAB_SEEDS)):
 # dead in a batch when it gets under 1% of the mean load.
 
 # %%
-def dead_in_batch(loads):
-    loads = torch.tensor(loads, dtype=torch.float64)
-    return int((loads < 0.01 * loads.mean()).sum())
+def dead_in_batch(loads):  # (E,) tokens per expert -> experts under 1% of the mean load
+    return dead_experts(torch.tensor(loads, dtype=torch.float64))
 
 
 setting = LAB_SETTINGS["32 experts, none"]
@@ -727,7 +747,7 @@ for step in (1, 10, 20, 40):
 # **Claims**: the collapse is immediate: by step 20, more than half of the 32 experts of every block
 # get under 1% of the mean load (live). And it is partly undone later: in every seed, every block
 # ends the run (last 20 batches) with fewer dead experts than it had at its worst in the first 40
-# steps. The same happens, milder, with 8 experts and no balancing. The early deaths fit what
+# steps. The same happens with 8 experts and no balancing. The early deaths fit what
 # section 6 found at initialization: before training, the router's inputs for different tokens are
 # nearly alike, so most tokens prefer the same few experts.
 
@@ -852,8 +872,8 @@ explorer.set_state(TextRoutingState.for_sample("code"))
 # That is routing collapse (a load statistic: MaxVio, load entropy, dead experts). Whether the
 # experts compute the same function is a separate question: feed them the same inputs and compare
 # outputs (linear CKA). The two can even move in opposite directions: the collapse lab's heaviest
-# balancing (weight 1) removes routing collapse and makes the experts more alike. The collapsed checkpoint here has a third to a half of its experts dead
-# per block, and experts no more alike than the balanced model's. The cures differ too: balancing
+# balancing (weight 1) removes routing collapse and makes the experts more alike. The collapsed checkpoint here has more than a sixth of its experts
+# dead in every block, and experts no more alike than the balanced model's (section 7). The cures differ too: balancing
 # for the first; for the second, experts that do not start as copies (upcycling starts them as
 # copies of one dense FFN) and training that gives them different tokens.
 # </details>
@@ -882,7 +902,7 @@ explorer.set_state(TextRoutingState.for_sample("code"))
 #
 # Saturation counts which experts are chosen, not with what weights: at 100% saturation the router
 # can still change every combine weight (OLMoE makes the same point). And the remaining choices
-# are the ones still being learned, often in the first block.
+# are the ones still being learned (OLMoE's layer 0 saturates last; here block 0 never does).
 # </details>
 #
 # **Next**: notebook 06 counts what all those experts cost in parameters, FLOPs and memory.
