@@ -148,4 +148,3 @@ def test_pair_counts_by_hand_and_top1_refused() -> None:
     assert counts.tolist() == [[2, 2, 0], [2, 3, 1], [0, 1, 1]]
     with pytest.raises(ValueError, match="K >= 2"):
         coactivation(capture_of(torch.zeros(10, 1, dtype=torch.long)), 0)
-    assert math.comb(8, 2) == 28

@@ -125,8 +125,7 @@ def test_paired_difference_says_which_label_explains_routing() -> None:
     capture = hand_capture(domain.clone(), domain, char_class)
     report = specialization(capture, 0, ("domain", "char_class"))
     estimate, low, high = report.difference("domain", "char_class")
-    assert estimate == pytest.approx(report["domain"].nmi - report["char_class"].nmi)
-    assert low > 0.9 and high <= 1.0  # domain explains it, character class does not
+    assert low > 0.9 and low <= estimate <= high <= 1.0  # domain explains it, character class not
 
 
 def test_unknown_labels_are_left_out() -> None:

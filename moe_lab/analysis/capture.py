@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_lab.data import CHAR_CLASSES, ByteTokenizer, Split, batch_at, char_class
+from moe_lab.data import CHAR_CLASSES, Split, batch_at, char_class
 from moe_lab.model import TinyLM
 
 UNKNOWN = -1  # the label of a token whose domain is not known (typed text)
@@ -268,4 +268,3 @@ def moe_inputs(model: TinyLM, idx: torch.Tensor) -> dict[int, torch.Tensor]:
 
 
 # The tokenizer is byte-level and stateless; exported for callers that decode a capture.
-TOKENIZER = ByteTokenizer()

@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from moe_lab.analysis.ablation import AblationEffects
 from moe_lab.analysis.coactivation import Coactivation
+from moe_lab.analysis.collapse import DEAD_FRACTION
 from moe_lab.analysis.specialization import SpecializationReport
 from moe_lab.history import History
 
@@ -369,7 +370,7 @@ def lab_curves(runs: Mapping[str, Sequence[History]], layer: int) -> go.Figure:
             per_seed["entropy"].append(
                 np.asarray(h.router_entropy[layer]) / math.log(loads.shape[1])
             )
-            per_seed["dead"].append((loads < 0.01 * mean).sum(axis=1))
+            per_seed["dead"].append((loads < DEAD_FRACTION * mean).sum(axis=1))
         # numpy arrays in float32 / int32: plotly stores them in binary, a fraction of the bytes
         # of JSON lists (notebook 05's page on the offline site)
         steps = np.asarray(histories[0].step, dtype=np.int32)
