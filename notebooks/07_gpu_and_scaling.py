@@ -23,7 +23,7 @@
 # - run expert parallelism on `torch.distributed` in several processes, check it against one process (outputs, losses, every gradient), count the bytes its all-to-alls move against the formula, and measure what an unbalanced load costs when the busiest rank sets the pace;
 # - explain DeepSeek's group-limited routing and count the devices a token's experts live on with and without it.
 #
-# **Time**: about 45 minutes to read; the notebook runs in about a minute and a half on 2 CPU cores.
+# **Time**: about 45 minutes to read; the notebook runs in half a minute to a minute and a half on 2 CPU cores, by the CPU.
 #
 # Every checkable claim is checked by an `assert` in the next cell; timings are shown, never asserted (a busy machine can flip them). Shapes: `N` tokens, `D` model width, `F` expert width, `E` experts, `K` experts per token, `C` capacity per expert.
 
@@ -491,8 +491,9 @@ display(Markdown(
 # balancing used in Qwen3-MoE) found that the global statistics let experts specialize more.
 # Here they are simply what makes two processes equal one.
 #
-# The tests (`tests/test_parallel.py`) check more of the same: W = 1, 2 and 4, five routers and
-# backends, shared experts, and 20 steps of `ExpertParallelTrainer` against `Trainer` (losses and
+# The tests (`tests/test_parallel.py`) check more of the same: W = 1, 2 and 4, both router kinds
+# (softmax top-k and DeepSeek's sigmoid with a bias), four dispatch backends, dropless and capacity
+# modes, shared experts, and 20 steps of `ExpertParallelTrainer` against `Trainer` (losses and
 # parameters to float32 round-off, a checkpoint resumed bit for bit).
 
 # %% [markdown]

@@ -59,11 +59,8 @@ LAYER_CASES = [
     EqualityCase(replace(BASE, capacity_factor=1.0, dispatch="capacity"), "skewed"),  # drops
     EqualityCase(replace(BASE, capacity_factor=0.75, drop_policy="probability")),  # drops
 ]
-VOLUME_CONFIGS = [
-    replace(BASE, top_k=1),
-    BASE,
-    replace(BASE, capacity_factor=1.25),
-]
+CAPACITY_VOLUME = replace(BASE, capacity_factor=1.25)
+VOLUME_CONFIGS = [replace(BASE, top_k=1), BASE, CAPACITY_VOLUME]
 TINY = ModelConfig(
     d_model=32,
     n_layers=2,
@@ -165,6 +162,13 @@ def test_bytes_counted_equal_the_budget_formula(results, world_size):
             assert rank["counted_payload"] == rank["formula_rank"]  # exact, in bytes
             assert rank["counted"].get("counts", 0) == rank["formula_counts"]
             assert rank["counted"]["dispatch.backward"] > 0  # the backward was counted too
+    # Capacity by hand: 24 tokens per rank, cf 1.25, E = 8, K = 2 give C = ceil(1.25*24*2/8) = 8;
+    # each rank sends (W-1)*(E/W)*C rows of D = 16 fp32 values, 4 times (dispatch, combine and
+    # their backward): W = 2: 1*4*8 rows * 64 B * 4 = 8192 B; W = 4: 3*2*8 * 64 * 4 = 12288 B.
+    capacity_task = results[world_size][1 + VOLUME_CONFIGS.index(CAPACITY_VOLUME)]
+    assert [rank["counted_payload"] for rank in capacity_task] == [
+        {2: 8192, 4: 12288}[world_size]
+    ] * world_size
 
 
 def test_error_messages_are_one_line(results):

@@ -52,6 +52,9 @@ def test_full_size_slicing_counts_each_indexed_expert_once():
     assert count_full_size_slicing(unbound, {(6, 4, 3)}) == 0
     batched = torch.einsum("d,edf->ef", x, w).sum()
     assert count_full_size_slicing(batched, {(6, 4, 3)}) == 0
+    # gather and take save the whole tensor rather than its sizes: counted as well
+    gathered = w.gather(0, torch.zeros(1, 4, 3, dtype=torch.long)).sum() + w.take(torch.tensor([0]))
+    assert count_full_size_slicing(gathered.sum(), {(6, 4, 3)}) == 2
     indexed.sum().backward()
     assert torch.equal(w.grad[5], torch.zeros(4, 3)) and w.grad[:5].abs().sum() > 0
 

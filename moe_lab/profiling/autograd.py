@@ -18,18 +18,27 @@ from __future__ import annotations
 import torch
 
 # Backward nodes that materialize a zero-filled gradient the size of the tensor they index, then
-# write one slice into it.
+# write one slice into it. The first four save the indexed tensor's sizes, the last two the
+# tensor itself.
 ZERO_FILLING_NODES = frozenset(
     {
         "SelectBackward0",
         "SliceBackward0",
         "IndexBackward0",
         "IndexSelectBackward0",
-        "AsStridedBackward0",
         "GatherBackward0",
         "TakeBackward0",
     }
 )
+
+
+def _indexed_shape(node) -> tuple[int, ...] | None:
+    """The shape of the tensor a zero-filling backward node indexed."""
+    sizes = getattr(node, "_saved_self_sym_sizes", None)
+    if sizes is not None:
+        return tuple(int(size) for size in sizes)
+    saved = getattr(node, "_saved_self", None)
+    return tuple(saved.shape) if saved is not None else None
 
 
 def count_full_size_slicing(output: torch.Tensor, shapes: set[tuple[int, ...]]) -> int:
@@ -51,9 +60,7 @@ def count_full_size_slicing(output: torch.Tensor, shapes: set[tuple[int, ...]]) 
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        if type(node).__name__ in ZERO_FILLING_NODES:
-            sizes = getattr(node, "_saved_self_sym_sizes", None)
-            if sizes is not None and tuple(int(size) for size in sizes) in shapes:
-                count += 1
+        if type(node).__name__ in ZERO_FILLING_NODES and _indexed_shape(node) in shapes:
+            count += 1
         stack.extend(next_node for next_node, _ in node.next_functions)
     return count
