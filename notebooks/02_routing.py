@@ -657,10 +657,10 @@ explorer.widget
 
 # %%
 explorer.set_state(RoutingState(temperature=1.0))
-chosen_t1 = torch.tensor(explorer.figure.data[0].z) > 0  # (E, N): which (expert, token) pairs are routed
+chosen_t1 = torch.tensor(explorer.view.routed)  # (E, N): which (expert, token) pairs are routed
 weights_t1 = torch.tensor(explorer.figure.data[0].z)
 explorer.controls["temperature"].value = 10.0  # exactly what moving the slider does
-chosen_t10 = torch.tensor(explorer.figure.data[0].z) > 0
+chosen_t10 = torch.tensor(explorer.view.routed)
 print(f"largest weight at temperature 1: {weights_t1.max():.2f}, at 10: {torch.tensor(explorer.figure.data[0].z).max():.2f}")
 assert torch.equal(chosen_t1, chosen_t10)
 explorer.set_state(RoutingState(router="expert_choice", top_k=2, capacity_factor=1.0))

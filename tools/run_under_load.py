@@ -9,8 +9,9 @@ processes that each spin one core at 100% (a pure Python loop, so they do not sh
 thread pool with the notebooks), runs pytest on the targets with ``--workers`` of them at once (2,
 as the README's test command does on 2 cores; ``--workers 0`` runs them one after another) and stops
 the busy processes it started, whatever happens. The
-timing notebooks are those that time something: 01 (the dense baseline), 02 (dispatch), 04
-(training throughput) and 06 (latency against batch size, overhead against width).
+timing notebooks are those that time something: 01 (the dense baseline), 04 (training
+throughput), 06 (latency against batch size, overhead against width: the one timing assert) and 07
+(the dispatch ladder, expert parallelism's exchanges).
 
 Exit status: pytest's.
 """
@@ -27,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_NOTEBOOKS = (
     "notebooks/01_dense_ffn.ipynb",
-    "notebooks/02_routing.ipynb",
     "notebooks/04_train_tiny_moe.ipynb",
     "notebooks/06_compute_budgets.ipynb",
+    "notebooks/07_gpu_and_scaling.ipynb",
 )
 SPIN = "while True:\n    pass\n"
 

@@ -27,12 +27,8 @@ from moe_lab.budget.published import (
     QWEN,
     Preset,
     PublishedFigure,
+    hf_config_url,
 )
-
-
-def _hf(repo: str) -> str:
-    return f"https://huggingface.co/{repo}/blob/main/config.json"
-
 
 _MIXTRAL_BASE = {"model_type": "mixtral", "tie_word_embeddings": False}
 
@@ -58,7 +54,7 @@ _add(
             "num_experts_per_tok": 2,
             "vocab_size": 32000,
         },
-        config_source=_hf("mistralai/Mixtral-8x7B-v0.1")
+        config_source=hf_config_url("mistralai/Mixtral-8x7B-v0.1")
         + "; module shapes also printed in keras-team/keras-hub"
         " keras_hub/src/models/mixtral/README.md",
         total=PublishedFigure(
@@ -86,7 +82,7 @@ _add(
             "num_experts_per_tok": 2,
             "vocab_size": 32000,
         },
-        config_source=_hf("mistral-community/Mixtral-8x22B-v0.1"),
+        config_source=hf_config_url("mistral-community/Mixtral-8x22B-v0.1"),
         total=PublishedFigure(
             141e9,
             "https://mistral.ai/news/mixtral-8x22b/ ('39B active parameters out of 141B')",
@@ -117,7 +113,7 @@ _add(
             "vocab_size": 151936,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("Qwen/Qwen1.5-MoE-A2.7B"),
+        config_source=hf_config_url("Qwen/Qwen1.5-MoE-A2.7B"),
         total=PublishedFigure(
             14.3e9,
             "https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B ('14.3B parameters in total and 2.7B"
@@ -155,7 +151,7 @@ _add(
             "vocab_size": 151936,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("Qwen/Qwen3-30B-A3B"),
+        config_source=hf_config_url("Qwen/Qwen3-30B-A3B"),
         total=PublishedFigure(
             30.5e9, _QWEN3_CARD.format("Qwen3-30B-A3B", "30.5B", "3.3B", "29.9B")
         ),
@@ -187,7 +183,7 @@ _add(
             "vocab_size": 151936,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("Qwen/Qwen3-235B-A22B"),
+        config_source=hf_config_url("Qwen/Qwen3-235B-A22B"),
         total=PublishedFigure(
             235e9, _QWEN3_CARD.format("Qwen3-235B-A22B", "235B", "22B", "234B"), rounded=True
         ),
@@ -222,7 +218,7 @@ _add(
             "vocab_size": 102400,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("deepseek-ai/DeepSeek-V2-Lite")
+        config_source=hf_config_url("deepseek-ai/DeepSeek-V2-Lite")
         + "; architecture also stated in the model card, section 5",
         total=PublishedFigure(
             15.7e9,
@@ -264,7 +260,7 @@ _add(
             "first_k_dense_replace": 1,
             "vocab_size": 102400,
         },
-        config_source=_hf("deepseek-ai/DeepSeek-V2")
+        config_source=hf_config_url("deepseek-ai/DeepSeek-V2")
         + "; same architecture fields in DeepSeek-V2.5's config.json",
         total=PublishedFigure(
             236e9,
@@ -295,7 +291,7 @@ _add(
             "num_nextn_predict_layers": 1,
             "vocab_size": 129280,
         },
-        config_source=_hf("deepseek-ai/DeepSeek-V3")
+        config_source=hf_config_url("deepseek-ai/DeepSeek-V3")
         + "; identical architecture fields in deepseek-ai/DeepSeek-R1's config.json",
         total=PublishedFigure(
             671e9,
@@ -329,7 +325,7 @@ _add(
             "vocab_size": 50304,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("allenai/OLMoE-1B-7B-0924"),
+        config_source=hf_config_url("allenai/OLMoE-1B-7B-0924"),
         total=PublishedFigure(
             6.9e9,
             "https://arxiv.org/abs/2409.02060 (OLMoE paper: 6.9B total, 1.3B active per token)",
@@ -358,7 +354,7 @@ _add(
             "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4},
             "tie_word_embeddings": False,
         },
-        config_source=_hf("databricks/dbrx-instruct"),
+        config_source=hf_config_url("databricks/dbrx-instruct"),
         total=PublishedFigure(
             132e9,
             "https://www.databricks.com/blog/introducing-dbrx-new-state-art-open-llm ('132B total"
@@ -406,7 +402,7 @@ for _name, _layers, _experts, _total, _active in (
                 "num_local_experts": _experts,
                 "layer_types": ["sliding_attention", "full_attention"] * (_layers // 2),
             },
-            config_source=_hf(f"openai/{_name}"),
+            config_source=hf_config_url(f"openai/{_name}"),
             total=PublishedFigure(_total, _GPT_OSS_CARD),
             active=PublishedFigure(_active, _GPT_OSS_CARD),
             convention=OPENAI,
@@ -431,7 +427,7 @@ _add(
             "vocab_size": 32064,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("microsoft/Phi-3.5-MoE-instruct"),
+        config_source=hf_config_url("microsoft/Phi-3.5-MoE-instruct"),
         total=PublishedFigure(
             42e9,
             "https://arxiv.org/abs/2404.14219 (Phi-3 technical report: phi-3.5-MoE, 6.6B active"
@@ -485,7 +481,7 @@ for _name, _repo, _experts, _step, _total in (
                     "interleave_moe_layer_step": _step,
                 },
             },
-            config_source=_hf(f"meta-llama/{_repo}") + " (text_config)",
+            config_source=hf_config_url(f"meta-llama/{_repo}") + " (text_config)",
             total=PublishedFigure(
                 _total, _LLAMA4_CARD.format(_repo, f"{_total / 1e9:.0f}B"), rounded=True
             ),
@@ -498,7 +494,7 @@ for _name, _repo, _experts, _step, _total in (
         )
     )
 
-# The families beyond plain decoder MoEs (hybrids, an encoder-decoder, mixtures of attention
-# heads, parallel dense FFNs): moe_lab/budget/presets_more.py.
+# The models added later (among them hybrids, an encoder-decoder, mixtures of attention heads and
+# parallel dense FFNs): moe_lab/budget/presets_more.py.
 for _preset in MORE_PRESETS:
     _add(_preset)

@@ -1,4 +1,4 @@
-"""More published MoE models: the families beyond plain decoder MoEs, with their cards' counts.
+"""More published MoE models, added after ``presets``' first fifteen, with their cards' counts.
 
 DeepSeekMoE 16B, Kimi K2, GLM-4.5 and GLM-4.5-Air, IBM Granite 3.0 MoE 1B and 3B, JetMoE-8B,
 Jamba, Switch Transformers (Switch-Base-128), Snowflake Arctic and Grok-1. As in ``presets``, each
@@ -25,13 +25,10 @@ from moe_lab.budget.published import (
     ZHIPU,
     Preset,
     PublishedFigure,
+    hf_config_url,
 )
 
 B = 1e9
-
-
-def _hf(repo: str) -> str:
-    return f"https://huggingface.co/{repo}/blob/main/config.json"
 
 
 MORE_PRESETS: list[Preset] = []
@@ -56,7 +53,7 @@ MORE_PRESETS.append(
             "vocab_size": 102400,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("deepseek-ai/deepseek-moe-16b-base")
+        config_source=hf_config_url("deepseek-ai/deepseek-moe-16b-base")
         + "; the same values are DeepseekConfig's defaults in its modeling code",
         total=PublishedFigure(
             16.4 * B,
@@ -102,7 +99,7 @@ MORE_PRESETS.append(
             "vocab_size": 163840,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("moonshotai/Kimi-K2-Instruct")
+        config_source=hf_config_url("moonshotai/Kimi-K2-Instruct")
         + "; the model card's table gives the same sizes (61 layers, 1 dense, 384 experts, 8"
         " selected, 1 shared, 64 heads, MLA)",
         total=PublishedFigure(
@@ -177,7 +174,7 @@ for _name, _fields, _total, _active, _extra_source in (
             name=_name,
             lab="Zhipu AI",
             config={**_GLM_COMMON, **_fields},
-            config_source=_hf(f"zai-org/{_name}") + _extra_source,
+            config_source=hf_config_url(f"zai-org/{_name}") + _extra_source,
             total=PublishedFigure(
                 _total * B,
                 f"https://huggingface.co/zai-org/{_name} ('GLM-4.5 has 355 billion total"
@@ -218,7 +215,7 @@ for _name, _repo, _width, _layers, _heads, _experts, _total, _active in (
                 "vocab_size": 49155,
                 "tie_word_embeddings": True,
             },
-            config_source=_hf(f"ibm-granite/{_repo}"),
+            config_source=hf_config_url(f"ibm-granite/{_repo}"),
             total=PublishedFigure(_total * B, _GRANITE_CARD.format(_repo), rounded_to=0.1 * B),
             active=PublishedFigure(_active * B, _GRANITE_CARD.format(_repo), rounded_to=0.1 * B),
             convention=IBM,
@@ -243,7 +240,7 @@ MORE_PRESETS.append(
             "vocab_size": 32000,
             "tie_word_embeddings": True,
         },
-        config_source=_hf("jetmoe/jetmoe-8b")
+        config_source=hf_config_url("jetmoe/jetmoe-8b")
         + " (spelled there moe_num_experts, moe_top_k, ffn_hidden_size; transformers'"
         " JetMoeConfig names used here)",
         total=PublishedFigure(
@@ -290,7 +287,7 @@ MORE_PRESETS.append(
             "vocab_size": 65536,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("ai21labs/Jamba-v0.1"),
+        config_source=hf_config_url("ai21labs/Jamba-v0.1"),
         total=PublishedFigure(
             52 * B,
             "arXiv:2403.19887 (Jamba), section 3 and Table 1 ('12B active parameters and 52B"
@@ -323,7 +320,7 @@ MORE_PRESETS.append(
             "router_bias": False,
             "vocab_size": 32128,
         },
-        config_source=_hf("google/switch-base-128")
+        config_source=hf_config_url("google/switch-base-128")
         + " (the same fields as switch-base-64 and -256 but num_experts)",
         total=PublishedFigure(
             7 * B,
@@ -364,7 +361,7 @@ MORE_PRESETS.append(
             "vocab_size": 32000,
             "tie_word_embeddings": False,
         },
-        config_source=_hf("Snowflake/snowflake-arctic-instruct"),
+        config_source=hf_config_url("Snowflake/snowflake-arctic-instruct"),
         total=PublishedFigure(
             480 * B,
             "https://www.snowflake.com/blog/arctic-open-efficient-foundation-language-models-"
@@ -401,7 +398,7 @@ MORE_PRESETS.append(
             "vocab_size": 131072,
             "tie_word_embeddings": True,
         },
-        config_source=_hf("hpcai-tech/grok-1")
+        config_source=hf_config_url("hpcai-tech/grok-1")
         + " (a PyTorch port of github.com/xai-org/grok-1's JAX checkpoint, whose model.py has"
         " the same sizes and unembeds with the embedding matrix)",
         total=PublishedFigure(

@@ -19,6 +19,11 @@ from moe_lab.budget.hf_configs import from_hf_config
 from moe_lab.budget.spec import ModelSpec
 
 
+def hf_config_url(repo: str) -> str:
+    """Where a Hugging Face repository's config.json, the source of a preset's shape, lives."""
+    return f"https://huggingface.co/{repo}/blob/main/config.json"
+
+
 @dataclass(frozen=True)
 class PublishedFigure:
     """A parameter count as its authors published it.

@@ -27,7 +27,8 @@ from typing import Any
 
 import plotly.io as pio
 
-PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+from moe_lab.viz.explorer import PLOTLY_MIMETYPE
+
 WIDGET_MIMETYPE = "application/vnd.jupyter.widget-view+json"
 SITE_PLOT_CONFIG = {"responsive": True, "displaylogo": False}
 DEFAULT_FIGURE_HEIGHT = 450  # plotly's own default height, for figures that set none

@@ -19,8 +19,6 @@ from typing import Any
 
 import ipywidgets as widgets
 
-PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
-
 
 def _find_widget(model_id: str) -> widgets.Widget:
     """The live widget with this comm id (ipywidgets 8 keeps them in ``widget._instances``)."""
