@@ -259,6 +259,9 @@ active_encoder = ENC * (encoder_attention + expert + router)
 active_decoder = DEC * (decoder_attention + expert + router) + VOCAB * D  # the LM head too
 print(f"total {total / 1e9:.1f}B (Table 9: 1571B); experts {(ENC + DEC) * N_EXPERTS * expert / total:.2%} of it")
 print(f"per token: encoder {active_encoder / 1e9:.2f}B, decoder {active_decoder / 1e9:.2f}B")
+print(f"per layer: one expert {expert / 1e6:.1f}M, attention {encoder_attention / 1e6:.0f}M (encoder),"
+      f" {decoder_attention / 1e6:.0f}M (decoder)")
+assert (round(expert / 1e5), round(encoder_attention / 1e6), round(decoder_attention / 1e6)) == (256, 16, 32)  # Q4's answer
 assert abs(total / 1571e9 - 1) < 0.001
 assert max(active_encoder, active_decoder) < 1.1e9  # about 1B, not 200B
 

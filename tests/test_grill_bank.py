@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from moe_lab.grill.bank import BankError, load_bank, load_topic, sample_across_topics, select
-from moe_lab.grill.bugs import CHECKERS
-from moe_lab.grill.numeric import GENERATORS
-from moe_lab.grill.question import DIFFICULTIES, TOPICS
+from moe_lab.grill.question import TOPICS
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 BANK = load_bank()
@@ -181,10 +179,10 @@ def test_one_file_per_topic():
     assert files == sorted(TOPICS)
 
 
-def test_every_question_has_an_answer_difficulty_and_an_existing_section():
+def test_every_question_links_to_an_existing_section():
+    # (an empty answer, an unknown difficulty, a duplicate id, an unknown generator or checker:
+    # the bank refuses to load them, tested in test_malformed_questions_are_named and below)
     for q in BANK:
-        assert q.answer.strip() and q.prompt.strip(), q.id
-        assert q.difficulty in DIFFICULTIES, q.id
         path = NOTEBOOKS / f"{q.link.notebook}.py"
         assert path.is_file(), f"{q.id}: {path} does not exist"
         assert q.link.section in headings(q.link.notebook), (
@@ -236,8 +234,6 @@ def test_the_heading_check_would_catch_a_wrong_section():
 
 
 def test_ids_are_unique_and_prefixed_by_their_topic():
-    ids = [q.id for q in BANK]
-    assert len(ids) == len(set(ids))
     prefix = {"myths": "myth-"}
     for q in BANK:
         assert q.id.startswith(prefix.get(q.topic, f"{q.topic}-")), q.id
@@ -254,8 +250,7 @@ def test_myths_have_a_verdict_and_sources():
     myths = {q.id: q for q in BANK if q.topic == "myths"}
     assert set(REQUIRED_MYTHS) <= set(myths)
     for q in myths.values():
-        assert q.kind == "verdict" and q.verdict in ("true", "partly", "false"), q.id
-        assert q.sources or q.link.notebook != "08_interview_grill", q.id
+        assert q.kind == "verdict", q.id
 
 
 def test_factual_questions_cite_their_sources():
@@ -269,7 +264,6 @@ def test_every_required_bug_and_numeric_question_exists():
     generators = {q.generator for q in BANK if q.kind == "numeric"}
     assert REQUIRED_BUGS <= checkers
     assert REQUIRED_NUMERIC <= generators
-    assert generators <= set(GENERATORS) and checkers <= set(CHECKERS)
 
 
 def test_the_circulating_snippet_is_stored_exactly_as_quoted():

@@ -26,6 +26,7 @@ from moe_lab.budget import (
     ALL_IN,
     all_to_all_bytes,
     count_parameters,
+    dtype_bytes,
     expected_experts_touched,
     forward_flops_per_token,
     from_hf_config,
@@ -441,7 +442,7 @@ def weight_memory(rng: random.Random) -> NumericCase:
     config, description = _mixtral_like(rng)
     dtype = rng.choice(("bf16", "fp8", "int4"))
     value = weight_bytes(from_hf_config(config), dtype) / 1e9
-    per = {"bf16": 2, "fp8": 1, "int4": 0.5}[dtype]
+    per = dtype_bytes(dtype)
     total = count_parameters(from_hf_config(config)).total()
     return NumericCase(
         prompt=(
@@ -500,7 +501,7 @@ def kv_cache(rng: random.Random) -> NumericCase:
     batch = rng.choice((1, 8, 32))
     dtype = rng.choice(("bf16", "fp8"))
     value = kv_cache_bytes(from_hf_config(config), context, batch, dtype) / 1e9
-    per = {"bf16": 2, "fp8": 1}[dtype]
+    per = dtype_bytes(dtype)
     return NumericCase(
         prompt=(
             f"A decoder with L = {n_layers} blocks of grouped-query attention, {n_kv} key/value"
@@ -512,7 +513,7 @@ def kv_cache(rng: random.Random) -> NumericCase:
         scale=1e9,
         working=(
             f"2 (K and V) × L × KV heads × head width × tokens × batch × bytes = 2·{n_layers}·"
-            f"{n_kv}·{head_dim}·{context:,}·{batch}·{per} = **{value:.4g} GB**. Experts do not"
+            f"{n_kv}·{head_dim}·{context:,}·{batch}·{per:g} = **{value:.4g} GB**. Experts do not"
             " enter: the cache is the attention's."
         ),
         params={
@@ -659,7 +660,7 @@ def all_to_all(rng: random.Random) -> NumericCase:
     n_tokens = rng.choice((4096, 8192, 16384))
     world = rng.choice((8, 16, 32, 64))
     dtype = rng.choice(("bf16", "fp8"))
-    per = {"bf16": 2, "fp8": 1}[dtype]
+    per = dtype_bytes(dtype)
     moved = all_to_all_bytes(from_hf_config(config), n_tokens, world, dtype)
     value = moved["total"] / 1e6
     return NumericCase(
@@ -676,8 +677,8 @@ def all_to_all(rng: random.Random) -> NumericCase:
         scale=1e6,
         working=(
             f"each of the N·K copies leaves its rank with probability (W − 1)/W; dispatch sends"
-            f" D values per copy and combine sends them back: 2·N·K·D·(W − 1)/W·{per} bytes ="
-            f" 2·{n_tokens:,}·{top_k}·{d_model}·{world - 1}/{world}·{per} = **{value:.4g} MB**,"
+            f" D values per copy and combine sends them back: 2·N·K·D·(W − 1)/W·{per:g} bytes ="
+            f" 2·{n_tokens:,}·{top_k}·{d_model}·{world - 1}/{world}·{per:g} = **{value:.4g} MB**,"
             f" {moved['per_rank'] / 1e6:.4g} MB per rank, per MoE layer and forward pass. The"
             " backward's reverse all-to-alls move as much again in a training step."
         ),

@@ -20,7 +20,7 @@ import random
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from moe_lab.budget import PRESETS, all_to_all_bytes, count_parameters, from_hf_config
+from moe_lab.budget import PRESETS, all_to_all_bytes, count_parameters, dtype_bytes, from_hf_config
 from moe_lab.config import MoEConfig
 from moe_lab.grill.numeric import NumericCase, _mixtral_like, _mixtral_params, _register, show
 from moe_lab.group_routing import expected_groups_touched
@@ -223,7 +223,7 @@ def ep_rank_bytes(rng: random.Random) -> NumericCase:
     top_k = 2
     d_model = rng.choice((1024, 2048, 4096, 7168))
     dtype = rng.choice(("bf16", "fp8"))
-    per = {"bf16": 2, "fp8": 1}[dtype]
+    per = dtype_bytes(dtype)
     backward = rng.choice((False, True))
     rank = rng.randrange(world)
     choices = [sorted(rng.sample(range(n_experts), top_k)) for _ in range(n_tokens)]
@@ -256,7 +256,7 @@ def ep_rank_bytes(rng: random.Random) -> NumericCase:
             f"Expert parallelism over W = {world} ranks: rank r holds experts"
             f" [{per_rank_experts}·r, {per_rank_experts}·r + {per_rank_experts - 1}] of E ="
             f" {n_experts} and {tokens_per_rank} tokens. Each token's two experts, by rank:"
-            f" {listing}. Activations are D = {d_model:,} values in {dtype} ({per} byte(s)"
+            f" {listing}. Activations are D = {d_model:,} values in {dtype} ({per:g} byte(s)"
             f" each). How many bytes does rank {rank} send to other ranks in {what} of this MoE"
             " layer? In the dispatch all-to-all a rank sends its token copies whose expert lives"
             " elsewhere; in the combine it sends back the outputs of the copies other ranks sent"
@@ -272,7 +272,7 @@ def ep_rank_bytes(rng: random.Random) -> NumericCase:
         working=(
             f"rank {rank} (experts {first}-{last}) sends {sent} remote cop(ies) in the dispatch"
             f" and returns {received} output(s) in the combine: {sent + received} rows of"
-            f" {d_model:,} × {per} bytes"
+            f" {d_model:,} × {per:g} bytes"
             + (
                 ", and the backward's reverse all-to-alls send as many rows again (the gradient"
                 " of a row goes back to where the row came from)"
@@ -300,7 +300,7 @@ def ep_memory_per_device(rng: random.Random) -> NumericCase:
     n_experts = config["num_local_experts"]
     world = rng.choice([w for w in (2, 4, 8, 16, 32, 64) if w <= n_experts])
     dtype = rng.choice(("bf16", "fp8"))
-    per = {"bf16": 2, "fp8": 1}[dtype]
+    per = dtype_bytes(dtype)
     counts = count_parameters(from_hf_config(config))
     replicated = counts.total() - counts.routed_experts
     held = replicated + counts.routed_experts / world
@@ -310,7 +310,7 @@ def ep_memory_per_device(rng: random.Random) -> NumericCase:
             f"{description} It is served with expert parallelism over W = {world} devices: each"
             f" device holds E/W = {n_experts // world} of every block's experts and a full"
             " replica of everything else (attention, routers, norms, embedding, LM head). How"
-            f" many GB (10⁹ bytes) of weights does each device hold in {dtype} ({per} byte(s)"
+            f" many GB (10⁹ bytes) of weights does each device hold in {dtype} ({per:g} byte(s)"
             " per parameter)?"
         ),
         value=value,
@@ -318,7 +318,7 @@ def ep_memory_per_device(rng: random.Random) -> NumericCase:
         scale=1e9,
         working=(
             f"replicated {replicated:,} + routed experts {counts.routed_experts:,} / {world} ="
-            f" {held:,.0f} parameters × {per} = **{value:.4g} GB** per device, of"
+            f" {held:,.0f} parameters × {per:g} = **{value:.4g} GB** per device, of"
             f" {counts.total() * per / 1e9:.4g} GB in all. Only the experts divide: the"
             " replicated part is a floor that more devices do not lower (notebook 07, memory per"
             " device)."
