@@ -230,18 +230,22 @@ class ExpertParallelMoE(MoELayer):
     def _exchange_dropless(self, flat, routing, log):
         W, n_local, group, timed = self.world_size, self.n_local, self.group, self.time_exchanges
         order = sort_by_expert(routing, None)  # copies sorted by expert; counts on the host
-        send_counts = torch.tensor(order.counts, dtype=torch.long, device=flat.device)  # (E,)
+        send_counts = order.device_offsets.diff()  # (E,) copies per expert, on the device
         # [s, j]: copies rank s sends to local expert j (block s of what each rank sent)
         recv_table = exchange_counts(send_counts, group, log, timed).view(W, n_local)
         # all_to_all_single takes its split sizes as Python lists, so the host waits for the
-        # counts (here and in the sort): the synchronization every dropless exchange pays
-        send_splits = send_counts.view(W, n_local).sum(1).tolist()  # rows to each rank
+        # counts (the sort's offsets, the received table): the synchronization every dropless
+        # exchange pays. Rows to rank r: the copies for its experts, from the sort's offsets.
+        offsets = order.offsets  # (E+1,) on the host
+        send_splits = [offsets[(r + 1) * n_local] - offsets[r * n_local] for r in range(W)]
         recv_splits = recv_table.sum(1).tolist()  # rows from each rank
         rows = flat.index_select(0, order.token_index)  # (M, D), M = N*K, by expert
         received = all_to_all(rows, send_splits, recv_splits, group, log, "dispatch", timed)
         # received (R, D): from rank 0 its rows for local experts 0..E/W-1 in order, then rank 1
         local_expert = torch.arange(n_local, device=flat.device).repeat(W)  # (W*E/W,)
-        local_expert = local_expert.repeat_interleave(recv_table.reshape(-1))  # (R,)
+        local_expert = local_expert.repeat_interleave(
+            recv_table.reshape(-1), output_size=sum(recv_splits)
+        )  # (R,)
         with Stopwatch(timed, flat.device) as watch:
             expert_out = self.dispatch(
                 received, self._local_routing(local_expert, flat.dtype), self.experts
