@@ -141,13 +141,18 @@ def coactivation(capture: RoutingCapture, layer: int) -> Coactivation:
 
     Taught in: notebooks/05_specialization.ipynb.
     """
-    sets = capture.indices[layer]  # (L, K)
-    n_tokens, top_k = sets.shape
+    top_k = capture.indices[layer].shape[1]
     if top_k < 2:
         raise ValueError(
             f"block {layer} sends each token to K={top_k} expert: co-activation needs K >= 2"
         )
-    counts = pair_counts(sets, capture.n_experts)  # (E, E)
+    return coactivation_of_sets(capture.indices[layer], capture.n_experts, layer)
+
+
+def coactivation_of_sets(sets: torch.Tensor, n_experts: int, layer: int = 0) -> Coactivation:
+    """Co-activation counts of (L, K) top-K expert sets (K >= 2) and their independence reference."""
+    n_tokens, top_k = sets.shape
+    counts = pair_counts(sets, n_experts)  # (E, E)
     inclusion = counts.diagonal().double() / n_tokens  # (E,), sums to K
     return Coactivation(
         layer=layer,

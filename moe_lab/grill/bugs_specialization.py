@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from moe_lab.analysis.coactivation import Coactivation, independent_pair_shares, pair_counts
+from moe_lab.analysis.coactivation import coactivation_of_sets, independent_pair_shares, pair_counts
 from moe_lab.analysis.specialization import normalized_mutual_information
 from moe_lab.grill.bugs import WrongAnswerError, _as_tensor, _expect_shape, _generator, _register
 from moe_lab.grill.sandbox import reader_call
@@ -102,11 +102,7 @@ def check_nmi_zero_cells(nmi: Any, seed: int) -> str:
 
 def _reference_lift(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     """(E, E) observed pair share / independent pair share, as moe_lab.analysis.coactivation."""
-    n_tokens, top_k = indices.shape
-    counts = pair_counts(indices, n_experts)  # (E, E)
-    inclusion = counts.diagonal().double() / n_tokens  # (E,)
-    expected = independent_pair_shares(inclusion, top_k)  # (E, E)
-    return Coactivation(0, counts, n_tokens, expected).lift()
+    return coactivation_of_sets(indices, n_experts).lift()
 
 
 def _coactivation_cases(seed: int) -> list[tuple[str, torch.Tensor, int]]:
